@@ -1,0 +1,56 @@
+"""The FastAPI application. `herald serve` passes a `background` coroutine (the in-process
+worker) that runs on the same event loop and is stopped, and drained, on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+
+from herald import __version__
+from herald.api import problems
+from herald.api.deps import Replay
+from herald.api.limits import BodySizeLimit
+from herald.api.routes import apikeys, contacts, meta, stores
+from herald.bootstrap import Container
+
+Background = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+
+DESCRIPTION = """Herald's REST API. Authenticate with `Authorization: Bearer <API key>`.
+Errors are RFC 7807 problem details. Lists are cursor-paginated (`next_cursor`).
+Every create accepts an `Idempotency-Key` header."""
+
+
+def create_app(container: Container, *, background: Background | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if background is None:
+            yield
+            return
+        stop = asyncio.Event()
+        task = asyncio.create_task(background(stop), name="herald-background")
+        try:
+            yield
+        finally:
+            stop.set()  # uvicorn got SIGTERM/SIGINT: drain in-flight jobs before exiting
+            await task
+
+    app = FastAPI(title="Herald", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                  openapi_url="/openapi.json", docs_url="/docs", redoc_url=None)
+    app.state.container = container
+    problems.install(app)
+    app.add_exception_handler(Replay, _replay)  # type: ignore[arg-type]
+    app.add_middleware(BodySizeLimit, max_bytes=container.settings.max_request_bytes)
+    for router in (contacts.router, stores.router, apikeys.router):
+        app.include_router(router, prefix="/api/v1")
+    app.include_router(meta.router)
+    return app
+
+
+async def _replay(_request: Request, exc: Replay) -> Response:
+    headers = {**exc.headers, "Idempotent-Replayed": "true"}
+    media = headers.pop("content-type", "application/json")
+    return Response(exc.body, status_code=exc.status, media_type=media, headers=headers)

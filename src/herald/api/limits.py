@@ -1,0 +1,42 @@
+"""Request size limit: 413 before a large body is read into memory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from herald.api.problems import problem, respond
+
+
+class BodySizeLimit:
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await respond(self._problem(scope))(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    # An HTTPException passes through FastAPI's body parsing unchanged.
+                    raise HTTPException(413, self._problem(scope)["detail"])
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _problem(self, scope: Scope) -> dict[str, Any]:
+        return problem(413, f"the request body is larger than {self.max_bytes} bytes; "
+                            "send smaller batches", slug="too-large", instance=scope.get("path"))

@@ -1,0 +1,91 @@
+"""The one place that builds Herald's parts from settings: engine, clock, master key, and
+(as issues add them) the concrete channel and store adapters. Entry points (api, worker, cli)
+call `build()`; nothing below this layer reads settings or names a concrete adapter."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+from collections.abc import Callable
+from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from herald.db.engine import make_engine
+from herald.db.migrate import head_revision, is_up_to_date
+from herald.domain.clock import Clock, SystemClock
+from herald.settings import Settings, SettingsError, load_settings
+
+
+@dataclass
+class WorkNotifier:
+    """Wakes in-process workers when new work is enqueued (idle workers otherwise poll)."""
+
+    _listeners: list[Callable[[], Any]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def subscribe(self, listener: Callable[[], Any]) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def notify(self) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener()
+
+
+@dataclass
+class Container:
+    settings: Settings
+    engine: Engine
+    clock: Clock
+    master_key: bytes
+    notifier: WorkNotifier = field(default_factory=WorkNotifier)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def build(settings: Settings | None = None, *, clock: Clock | None = None) -> Container:
+    settings = settings or load_settings()
+    engine = make_engine(
+        settings.database_url,
+        sqlite_synchronous=settings.sqlite_synchronous,
+        pool_size=max(10, min(settings.worker_concurrency, 40)),
+    )
+    return Container(settings=settings, engine=engine, clock=clock or SystemClock(),
+                     master_key=load_master_key(settings))
+
+
+def load_master_key(settings: Settings) -> bytes:
+    """HERALD_SECRET_KEY, or in embedded (SQLite) mode a key generated once into a 0600 file.
+
+    It encrypts secrets at rest and keys the HMACs that pseudonymise personal data in logs.
+    """
+    if settings.secret_key:
+        if len(settings.secret_key) < 32:
+            raise SettingsError("HERALD_SECRET_KEY: must be at least 32 characters (use 64 hex chars)")
+        return settings.secret_key.encode()
+    if not settings.is_sqlite:
+        raise SettingsError(
+            "HERALD_SECRET_KEY: required with PostgreSQL so every process shares it; "
+            "generate one with: python -c 'import secrets; print(secrets.token_hex(32))'"
+        )
+    path: Path = settings.secret_key_file
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
+
+
+def require_current_schema(container: Container) -> None:
+    if not is_up_to_date(container.engine):
+        raise SettingsError(
+            f"the database is not at schema {head_revision()}: run `herald migrate` first"
+        )

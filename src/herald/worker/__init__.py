@@ -1,0 +1,1 @@
+"""The durable work engine: claim due jobs, run them on asyncio, record outcomes, retry."""
