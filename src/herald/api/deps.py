@@ -36,6 +36,7 @@ class Unauthorized(HeraldError):
     status = 401
     title = "Unauthorized"
     slug = "unauthorized"
+    headers = {"WWW-Authenticate": 'Bearer realm="herald"'}
 
 
 def authenticate(container: ContainerDep,

@@ -64,7 +64,7 @@ async def _on_validation(request: Request, exc: RequestValidationError) -> JSONR
 
 
 async def _on_herald_error(request: Request, exc: HeraldError) -> JSONResponse:
-    return respond(herald_problem(exc, request.url.path))
+    return respond(herald_problem(exc, request.url.path), headers=exc.headers or None)
 
 
 async def _on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

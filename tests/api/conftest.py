@@ -1,0 +1,66 @@
+"""API fixtures: an app on the test database, and a small multi-tenant world to attack.
+
+World: workspace A with stores A1 and A2, workspace B with store B1; API keys for workspace A,
+store A1, store A2 and workspace B; one contact in each store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from herald.api.app import create_app
+from herald.bootstrap import Container
+from herald.domain.auth import Principal
+from herald.services import apikeys, contacts, workspaces
+
+
+@pytest.fixture
+def client(container: Container) -> Iterator[TestClient]:
+    with TestClient(create_app(container), raise_server_exceptions=False) as c:
+        yield c
+
+
+@dataclass
+class Tenant:
+    key: str
+    key_id: str
+    principal: Principal
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+@dataclass
+class World:
+    ids: dict[str, dict[str, str]] = field(default_factory=dict)  # owner -> {"store": id, ...}
+    callers: dict[str, Tenant] = field(default_factory=dict)
+
+
+def _key(conn: Any, ws: str, store: str | None, name: str, now: Any) -> Tenant:
+    row, key = apikeys.create_key(conn, workspace_id=ws, store_id=store, name=name, now=now)
+    return Tenant(key, row["id"], Principal(row["id"], ws, store))
+
+
+@pytest.fixture
+def world(container: Container) -> World:
+    now = container.clock.now()
+    w = World()
+    with container.engine.begin() as conn:
+        for ws_name, store_names in (("a", ("A1", "A2")), ("b", ("B1",))):
+            ws = workspaces.create_workspace(conn, name=f"Seller {ws_name}", slug=f"seller-{ws_name}", now=now)
+            ws_caller = _key(conn, ws["id"], None, f"{ws_name} workspace", now)
+            w.callers[ws_name.upper()] = ws_caller
+            for i, name in enumerate(store_names):
+                store = workspaces.create_store(conn, ws_caller.principal, name=name, platform="shopify",
+                                                currency="USD", timezone="UTC", domain=None, now=now)
+                caller = _key(conn, ws["id"], store["id"], f"{name} store", now)
+                w.callers[name] = caller
+                contact = contacts.create_contact(
+                    conn, caller.principal, {"email": f"buyer{i}@{name.lower()}.example"}, now)
+                w.ids[name] = {"store": store["id"], "contact": contact["id"], "api_key": caller.key_id}
+    return w
