@@ -16,7 +16,7 @@ class HeraldError(Exception):
     status = 400
     title = "Bad request"
     slug = "bad-request"
-    headers: dict[str, str] = {}  # noqa: RUF012 - e.g. WWW-Authenticate on 401
+    headers: dict[str, str] = {}
 
     def __init__(self, detail: str, *, fields: list[FieldProblem] | None = None) -> None:
         super().__init__(detail)
