@@ -52,8 +52,6 @@ class Settings(BaseSettings):
     # faster and still safe against process crashes.
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
 
-    redis_url: str = Field(default="", description="optional: shared rate limits, worker wake-ups")
-
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str) -> str:
@@ -62,13 +60,6 @@ class Settings(BaseSettings):
                 "must start with sqlite:/// (embedded) or postgresql:// (production), "
                 f"got {value.split(':', 1)[0]!r}"
             )
-        return value
-
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_scheme(cls, value: str) -> str:
-        if value and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
     @property
