@@ -9,7 +9,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -23,9 +23,14 @@ def alembic_config() -> Config:
 logging.getLogger("alembic").setLevel(logging.WARNING)  # its INFO lines are noise at the CLI
 
 
+MIGRATION_LOCK = 0x4845524C  # "HERL": one `herald migrate` at a time per PostgreSQL database
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     cfg = alembic_config()
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":  # a second process waits, then finds nothing to do
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
 
