@@ -80,6 +80,10 @@ class Worker:
                     log.warning("database unavailable; retrying", error=str(exc.orig))
                     progressed = False
                     await _sleep_or_stop(stop, min(5.0, self.poll_seconds * 4))
+                except Exception:  # a bug must not silently end the worker (in `serve` nobody would notice)
+                    log.exception("worker cycle failed; retrying")
+                    progressed = False
+                    await _sleep_or_stop(stop, min(5.0, self.poll_seconds * 4))
                 if not progressed:
                     await self._idle(stop)
         finally:
@@ -218,8 +222,8 @@ class Worker:
             until = self.clock.now() + self.lease
             try:
                 await self._tx(self._extend_tx, held, until)
-            except DBAPIError as exc:
-                log.warning("lease heartbeat failed", error=str(exc.orig))
+            except Exception as exc:
+                log.warning("lease heartbeat failed", error=str(getattr(exc, "orig", exc)))
 
     def _extend_tx(self, conn: Connection, held: list[int], until: datetime) -> int:
         return jobs_db.extend_leases(conn, owner=self.name, job_ids=held, until=until)
