@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     idempotency_lock_seconds: int = Field(default=60, ge=1)
 
     # work engine
-    worker_concurrency: int = Field(default=50, ge=1, le=10_000)
+    worker_concurrency: int = Field(default=100, ge=1, le=10_000)
     worker_batch_size: int = Field(default=100, ge=1, le=10_000)
     worker_poll_seconds: float = Field(default=0.5, gt=0, le=60)
     job_lease_seconds: float = Field(default=60.0, ge=1)

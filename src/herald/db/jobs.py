@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select, text, update
+from sqlalchemy import Connection, bindparam, func, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from herald.db.tables import jobs
@@ -150,14 +150,7 @@ def settle(conn: Connection, outcomes: Sequence[Finished], *, now: datetime) -> 
     report = SettleReport()
     done = [o for o in outcomes if o.state is JobState.COMPLETED]
     if done:
-        stmt = (
-            update(jobs)
-            .where(jobs.c.id == bindparam("j_id"), jobs.c.attempts == bindparam("j_attempt"),
-                   jobs.c.state == JobState.RUNNING.value)
-            .values(state=JobState.COMPLETED.value, finished_at=now, lease_owner=None,
-                    lease_expires_at=None)
-        )
-        result = conn.execute(stmt, [{"j_id": o.job_id, "j_attempt": o.attempt} for o in done])
+        result = conn.execute(*_complete_stmt(conn.dialect.name, done, now))
         if result.rowcount == len(done):
             report.written += len(done)
         else:
@@ -171,6 +164,30 @@ def settle(conn: Connection, outcomes: Sequence[Finished], *, now: datetime) -> 
             else:
                 report.fenced_off.append(o.job_id)
     return report
+
+
+_COMPLETE_PG = text("""
+UPDATE jobs SET state = 'completed', finished_at = :now, lease_owner = NULL, lease_expires_at = NULL
+FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS integer[])) AS done(id, attempt)
+WHERE jobs.id = done.id AND jobs.attempts = done.attempt AND jobs.state = 'running'
+""").bindparams(bindparam("now", type_=UTCDateTime))
+
+
+def _complete_stmt(dialect: str, done: Sequence[Finished], now: datetime) -> tuple[Any, ...]:
+    """One statement for the whole batch; the (id, attempt) pairs are the fencing tokens.
+
+    PostgreSQL gets two array parameters: a fixed statement that psycopg parses once, where
+    an expanded IN list of a hundred ids would be a new, long statement to parse every time."""
+    if dialect == "postgresql":
+        return _COMPLETE_PG, {"now": now, "ids": [o.job_id for o in done], "attempts": [o.attempt for o in done]}
+    stmt = (
+        update(jobs)
+        .where(jobs.c.id.in_([o.job_id for o in done]),
+               tuple_(jobs.c.id, jobs.c.attempts).in_([(o.job_id, o.attempt) for o in done]),
+               jobs.c.state == JobState.RUNNING.value)
+        .values(state=JobState.COMPLETED.value, finished_at=now, lease_owner=None, lease_expires_at=None)
+    )
+    return (stmt,)
 
 
 def _not_owned(conn: Connection, outcomes: Sequence[Finished]) -> list[int]:

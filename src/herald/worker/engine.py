@@ -184,7 +184,8 @@ class Worker:
     async def _call(self, job: jobs_db.ClaimedJob, kind: JobKind) -> jobs_db.Finished:
         ctx = JobContext(job_id=job.id, kind=job.kind, attempt=job.attempt, max_attempts=job.max_attempts)
         try:
-            result = await asyncio.wait_for(kind.handler(ctx, job.payload), kind.timeout_seconds)
+            async with asyncio.timeout(kind.timeout_seconds):  # unlike wait_for, no extra task per job
+                result = await kind.handler(ctx, job.payload)
         except TimeoutError:
             return self._retry_or_die(job, kind, f"timed out after {kind.timeout_seconds:g}s", None)
         except Exception as exc:
