@@ -8,6 +8,8 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from herald.services.pagination import Page as RowsPage
+
 T = TypeVar("T")
 
 
@@ -34,6 +36,14 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
 class Page(BaseModel, Generic[T]):
     data: list[T]
     next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null at the end")
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def page_of(model: type[M], page: RowsPage[dict[str, Any]]) -> Page[M]:
+    return Page[model](data=[model.model_validate(r) for r in page.items],  # type: ignore[valid-type]
+                       next_cursor=page.next_cursor)
 
 
 _STRICT = ConfigDict(extra="forbid")

@@ -17,7 +17,7 @@ from herald.domain.auth import (
 )
 from herald.domain.errors import NotFound
 from herald.domain.ids import new_id
-from herald.services.pagination import Page, decode_cursor, page_of
+from herald.services.pagination import Page, keyset_page, one_visible
 from herald.services.workspaces import get_store
 
 LAST_USED_GRANULARITY = timedelta(seconds=60)  # bounds the writes a busy key causes
@@ -76,17 +76,11 @@ def _visible(who: Principal) -> Any:
 
 
 def get_key(conn: Connection, who: Principal, key_id: str) -> dict[str, Any]:
-    row = conn.execute(_visible(who).where(api_keys.c.id == key_id)).mappings().first()
-    if row is None:
-        raise NotFound(f"no API key {key_id!r} in this workspace")
-    return dict(row)
+    return one_visible(conn, _visible(who), key_id, "API key")
 
 
 def list_keys(conn: Connection, who: Principal, *, limit: int, cursor: str | None) -> Page[dict[str, Any]]:
-    query = _visible(who).order_by(api_keys.c.id).limit(limit + 1)
-    if (after := decode_cursor(cursor)) is not None:
-        query = query.where(api_keys.c.id > after)
-    return page_of([dict(r) for r in conn.execute(query).mappings()], limit, lambda r: r["id"])
+    return keyset_page(conn, _visible(who), limit=limit, cursor=cursor)
 
 
 def revoke_key(conn: Connection, who: Principal | None, key_id: str, now: datetime) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from herald.domain.auth import Principal
 from herald.domain.contacts import IdentityKind, InvalidValue
 from herald.domain.errors import Conflict, FieldProblem, InvalidInput, NotFound
 from herald.domain.ids import new_id
-from herald.services.pagination import Page, decode_cursor, page_of
+from herald.services.pagination import Page, keyset_page, one_visible
 
 MAX_ATTRIBUTES_BYTES = 16_384
 MAX_TAGS = 100
@@ -117,10 +117,7 @@ def _visible(who: Principal) -> Any:
 
 
 def _load(conn: Connection, who: Principal, contact_id: str) -> dict[str, Any]:
-    row = conn.execute(_visible(who).where(contacts.c.id == contact_id)).mappings().first()
-    if row is None:
-        raise NotFound(f"no contact {contact_id!r} in this workspace")
-    return dict(row)
+    return one_visible(conn, _visible(who), contact_id, "contact")
 
 
 def _decorate(conn: Connection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -148,9 +145,7 @@ def get_contact(conn: Connection, who: Principal, contact_id: str) -> dict[str, 
 def list_contacts(conn: Connection, who: Principal, *, limit: int, cursor: str | None,
                   email: str | None = None, phone: str | None = None,
                   store_id: str | None = None) -> Page[dict[str, Any]]:
-    query = _visible(who).order_by(contacts.c.id).limit(limit + 1)
-    if (after := decode_cursor(cursor)) is not None:
-        query = query.where(contacts.c.id > after)
+    query = _visible(who)
     if email:
         query = query.where(contacts.c.email == _lookup(rules.normalize_email, email, "email"))
     if phone:
@@ -158,7 +153,7 @@ def list_contacts(conn: Connection, who: Principal, *, limit: int, cursor: str |
     if store_id:
         query = query.where(exists().where(contact_stores.c.contact_id == contacts.c.id,
                                            contact_stores.c.store_id == store_id))
-    page = page_of([dict(r) for r in conn.execute(query).mappings()], limit, lambda r: r["id"])
+    page = keyset_page(conn, query, limit=limit, cursor=cursor)
     return Page(_decorate(conn, page.items), page.next_cursor)
 
 

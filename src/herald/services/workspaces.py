@@ -13,7 +13,7 @@ from herald.domain.auth import Principal
 from herald.domain.contacts import InvalidValue, normalize_timezone
 from herald.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
 from herald.domain.ids import new_id
-from herald.services.pagination import Page, decode_cursor, page_of
+from herald.services.pagination import Page, keyset_page, one_visible
 
 PLATFORMS = ("shopify", "woocommerce", "magento", "custom")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -62,15 +62,8 @@ def _visible_stores(who: Principal) -> Any:
 
 
 def get_store(conn: Connection, who: Principal, store_id: str) -> dict[str, Any]:
-    row = conn.execute(_visible_stores(who).where(stores.c.id == store_id)).mappings().first()
-    if row is None:
-        raise NotFound(f"no store {store_id!r} in this workspace")
-    return dict(row)
+    return one_visible(conn, _visible_stores(who), store_id, "store")
 
 
 def list_stores(conn: Connection, who: Principal, *, limit: int, cursor: str | None) -> Page[dict[str, Any]]:
-    query = _visible_stores(who).order_by(stores.c.id).limit(limit + 1)
-    if (after := decode_cursor(cursor)) is not None:
-        query = query.where(stores.c.id > after)
-    rows = [dict(r) for r in conn.execute(query).mappings()]
-    return page_of(rows, limit, lambda r: r["id"])
+    return keyset_page(conn, _visible_stores(who), limit=limit, cursor=cursor)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from herald.api.deps import ContainerDep, CursorDep, IdempotencyDep, LimitDep, PrincipalDep
-from herald.api.schemas import PROBLEMS, ApiKeyCreate, ApiKeyCreated, ApiKeyOut, Page
+from herald.api.schemas import PROBLEMS, ApiKeyCreate, ApiKeyCreated, ApiKeyOut, Page, page_of
 from herald.services import apikeys
 
 router = APIRouter(prefix="/api-keys", tags=["api keys"], responses=PROBLEMS)
@@ -13,7 +13,7 @@ router = APIRouter(prefix="/api-keys", tags=["api keys"], responses=PROBLEMS)
 def list_keys(who: PrincipalDep, c: ContainerDep, limit: LimitDep, cursor: CursorDep = None) -> Page[ApiKeyOut]:
     with c.engine.begin() as conn:
         page = apikeys.list_keys(conn, who, limit=limit, cursor=cursor)
-    return Page[ApiKeyOut](data=[ApiKeyOut.model_validate(r) for r in page.items], next_cursor=page.next_cursor)
+    return page_of(ApiKeyOut, page)
 
 
 @router.post("", status_code=201, response_model=ApiKeyCreated,

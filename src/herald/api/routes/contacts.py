@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Response
 
 from herald.api.deps import ContainerDep, CursorDep, IdempotencyDep, LimitDep, PrincipalDep
-from herald.api.schemas import PROBLEMS, ContactCreate, ContactOut, ContactUpdate, Page
+from herald.api.schemas import PROBLEMS, ContactCreate, ContactOut, ContactUpdate, Page, page_of
 from herald.services import contacts
 
 router = APIRouter(prefix="/contacts", tags=["contacts"], responses=PROBLEMS)
@@ -19,8 +19,7 @@ def list_contacts(
     with c.engine.begin() as conn:
         page = contacts.list_contacts(conn, who, limit=limit, cursor=cursor, email=email,
                                       phone=phone, store_id=store_id)
-    return Page[ContactOut](data=[ContactOut.model_validate(r) for r in page.items],
-                            next_cursor=page.next_cursor)
+    return page_of(ContactOut, page)
 
 
 @router.post("", status_code=201, response_model=ContactOut, summary="Create a contact")

@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from herald.api.deps import ContainerDep, CursorDep, IdempotencyDep, LimitDep, PrincipalDep
-from herald.api.schemas import PROBLEMS, Page, StoreCreate, StoreOut
+from herald.api.schemas import PROBLEMS, Page, StoreCreate, StoreOut, page_of
 from herald.services import workspaces
 
 router = APIRouter(prefix="/stores", tags=["stores"], responses=PROBLEMS)
@@ -13,7 +13,7 @@ router = APIRouter(prefix="/stores", tags=["stores"], responses=PROBLEMS)
 def list_stores(who: PrincipalDep, c: ContainerDep, limit: LimitDep, cursor: CursorDep = None) -> Page[StoreOut]:
     with c.engine.begin() as conn:
         page = workspaces.list_stores(conn, who, limit=limit, cursor=cursor)
-    return Page[StoreOut](data=[StoreOut.model_validate(r) for r in page.items], next_cursor=page.next_cursor)
+    return page_of(StoreOut, page)
 
 
 @router.post("", status_code=201, response_model=StoreOut, summary="Add a store (workspace keys only)")
