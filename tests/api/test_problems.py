@@ -101,3 +101,13 @@ def test_openapi_and_docs_are_served(client: TestClient) -> None:
     post = spec["paths"]["/api/v1/contacts"]["post"]
     assert "422" in post["responses"] and "application/problem+json" in post["responses"]["422"]["content"]
     assert client.get("/docs").status_code == 200
+
+
+def test_nul_characters_are_refused_not_500(client: TestClient, world: World) -> None:
+    """PostgreSQL text and JSONB cannot hold U+0000; it must be a clear 4xx on every backend."""
+    headers = world.callers["A"].headers
+    body = assert_problem(client.post("/api/v1/contacts", headers=headers,
+                                      json={"email": "n@example.com", "attributes": {"note": "a\x00b"}}), 422)
+    assert "attributes.note" in str(body["detail"]) and "NUL" in str(body["detail"])
+    assert_problem(client.get("/api/v1/contacts?email=a%00b", headers=headers), 400)
+    assert_problem(client.get("/api/v1/contacts/ct_%00", headers=headers), 400)

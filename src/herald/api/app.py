@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request, Response
 from herald import __version__
 from herald.api import problems
 from herald.api.deps import Replay
-from herald.api.limits import BodySizeLimit
+from herald.api.limits import BodySizeLimit, NoNulInUrl
 from herald.api.routes import apikeys, contacts, meta, stores
 from herald.bootstrap import Container
 
@@ -44,6 +44,7 @@ def create_app(container: Container, *, background: Background | None = None) ->
     problems.install(app)
     app.add_exception_handler(Replay, _replay)  # type: ignore[arg-type]
     app.add_middleware(BodySizeLimit, max_bytes=container.settings.max_request_bytes)
+    app.add_middleware(NoNulInUrl)
     for router in (contacts.router, stores.router, apikeys.router):
         app.include_router(router, prefix="/api/v1")
     app.include_router(meta.router)

@@ -40,3 +40,21 @@ class BodySizeLimit:
     def _problem(self, scope: Scope) -> dict[str, Any]:
         return problem(413, f"the request body is larger than {self.max_bytes} bytes; "
                             "send smaller batches", slug="too-large", instance=scope.get("path"))
+
+
+class NoNulInUrl:
+    """400 for a NUL character in the path or query: no database column can store one, and
+    without this check PostgreSQL would turn it into a 500."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and ("\x00" in scope.get("path", "") or
+                                        b"%00" in scope.get("query_string", b"") or
+                                        b"\x00" in scope.get("query_string", b"")):
+            body = problem(400, "the URL contains a NUL (%00) character; remove it", slug="malformed-url",
+                           instance=scope.get("path", "").replace("\x00", "%00"))
+            await respond(body)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

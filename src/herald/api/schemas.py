@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from herald.services.pagination import Page as RowsPage
 
@@ -46,11 +46,35 @@ def page_of(model: type[M], page: RowsPage[dict[str, Any]]) -> Page[M]:
                        next_cursor=page.next_cursor)
 
 
-_STRICT = ConfigDict(extra="forbid")
+def _nul_path(value: Any, path: str) -> str | None:
+    """Where a NUL character hides in a JSON value (PostgreSQL text and JSONB cannot hold one)."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if isinstance(key, str) and "\x00" in key:
+            return f"{path}.{key!r}".lstrip(".")
+        found = _nul_path(item, f"{path}.{key}".lstrip("."))
+        if found:
+            return found
+    return None
 
 
-class ContactFields(BaseModel):
-    model_config = _STRICT
+class Body(BaseModel):
+    """A request body: unknown fields are refused by name, and so is text with NUL characters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        where = _nul_path(data, "")
+        if where:
+            raise ValueError(f"{where}: text may not contain NUL (\\u0000) characters")
+        return data
+
+
+class ContactFields(Body):
     email: str | None = Field(default=None, max_length=320, examples=["ana.souza@example.com"])
     phone: str | None = Field(default=None, max_length=40, description="E.164, or national with `country`",
                               examples=["+5511987654321"])
@@ -92,8 +116,7 @@ class ContactOut(BaseModel):
     updated_at: datetime
 
 
-class StoreCreate(BaseModel):
-    model_config = _STRICT
+class StoreCreate(Body):
     name: str = Field(min_length=1, max_length=200)
     platform: str = Field(description="shopify, woocommerce, magento or custom")
     currency: str = Field(min_length=3, max_length=3, description="ISO 4217", examples=["USD"])
@@ -112,8 +135,7 @@ class StoreOut(BaseModel):
     created_at: datetime
 
 
-class ApiKeyCreate(BaseModel):
-    model_config = _STRICT
+class ApiKeyCreate(Body):
     name: str = Field(min_length=1, max_length=200)
     store_id: str | None = Field(default=None, description="scope the key to one store")
 
