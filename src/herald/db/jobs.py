@@ -25,6 +25,16 @@ from herald.db.types import UTCDateTime
 from herald.domain.jobs import JobState
 
 MAX_ERROR_HISTORY = 20
+MAX_ERROR_CHARS = 4000
+
+
+def storable_error(error: str | None) -> str | None:
+    """Errors come from providers and handlers: cap their size, and escape NUL, which neither
+    PostgreSQL text nor jsonb can hold (one unstorable message must not wedge a worker)."""
+    if error is None:
+        return None
+    error = error.replace("\x00", "\\x00")
+    return error if len(error) <= MAX_ERROR_CHARS else error[:MAX_ERROR_CHARS] + " …(truncated)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +211,7 @@ def _not_owned(conn: Connection, outcomes: Sequence[Finished]) -> list[int]:
 
 
 def _record_failure(conn: Connection, o: Finished, now: datetime) -> bool:
+    error = storable_error(o.error)
     row = conn.execute(
         select(jobs.c.errors).where(jobs.c.id == o.job_id, jobs.c.attempts == o.attempt,
                                     jobs.c.state == JobState.RUNNING.value)
@@ -208,9 +219,9 @@ def _record_failure(conn: Connection, o: Finished, now: datetime) -> bool:
     if row is None:
         return False
     history = list(row.errors or [])[-(MAX_ERROR_HISTORY - 1):]
-    history.append({"attempt": o.attempt, "at": now.isoformat(), "error": o.error})
+    history.append({"attempt": o.attempt, "at": now.isoformat(), "error": error})
     values: dict[str, Any] = {
-        "state": o.state.value, "last_error": o.error, "errors": history,
+        "state": o.state.value, "last_error": error, "errors": history,
         "lease_owner": None, "lease_expires_at": None,
     }
     if o.state is JobState.AVAILABLE:

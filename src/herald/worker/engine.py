@@ -29,6 +29,8 @@ from herald.worker.registry import JobContext, JobKind, Registry
 
 log = structlog.get_logger("herald.worker")
 T = TypeVar("T")
+MAX_NAME = 64
+MAX_RETRY_AFTER = timedelta(days=30).total_seconds()
 
 
 class Worker:
@@ -53,7 +55,8 @@ class Worker:
         self.poll_seconds = poll_seconds
         self.lease = timedelta(seconds=lease_seconds)
         self.grace = shutdown_grace_seconds
-        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{os.urandom(2).hex()}"
+        default_name = f"{socket.gethostname()[:40]}:{os.getpid()}:{os.urandom(2).hex()}"
+        self.name = (name or default_name)[:MAX_NAME]  # it must fit jobs.lease_owner
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._held: dict[int, int] = {}  # job id -> attempt, claimed and not yet settled
         self._outcomes: list[jobs_db.Finished] = []
@@ -71,7 +74,8 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         self._wake = asyncio.Event()
         log.info("worker started", worker=self.name, concurrency=self.concurrency)
-        heartbeat = asyncio.create_task(self._heartbeat(stop))
+        drained = asyncio.Event()  # leases are renewed until the drain is over, not just until stop
+        heartbeat = asyncio.create_task(self._heartbeat(drained))
         try:
             while not stop.is_set():
                 try:
@@ -87,8 +91,9 @@ class Worker:
                 if not progressed:
                     await self._idle(stop)
         finally:
-            heartbeat.cancel()
             await self._drain()
+            drained.set()
+            heartbeat.cancel()
             log.info("worker stopped", worker=self.name, **self.stats)
 
     async def run_once(self) -> int:
@@ -108,6 +113,8 @@ class Worker:
         await self._maintain()
         free = min(self.concurrency - len(self._tasks), self.batch_size)
         had_outcomes = bool(self._outcomes)
+        if free <= 0 and not had_outcomes:
+            return False  # full and nothing finished: no transaction (on SQLite it would take the write lock)
         claimed = await self._settle_and_claim(free)
         for job in claimed:
             self._start(job)
@@ -165,13 +172,10 @@ class Worker:
         self._tasks[job.id] = asyncio.create_task(self._execute(job), name=f"job-{job.id}")
 
     async def _execute(self, job: jobs_db.ClaimedJob) -> None:
-        kind = self.registry.get(job.kind)
         try:
-            if kind is None:
-                outcome = self._finish(job, JobState.DEAD,
-                                       error=f"unknown job kind {job.kind!r} (not registered in worker/kinds.py)")
-            else:
-                outcome = await self._call(job, kind)
+            outcome = await self._outcome_of(job)
+            # Append only now: `self._outcomes` is swapped for a new list by every settle, so the
+            # list must be looked up after the await, never bound before it.
             self._outcomes.append(outcome)
         except asyncio.CancelledError:
             self._interrupted.append((job.id, job.attempt))
@@ -181,13 +185,27 @@ class Worker:
             if self._wake is not None:
                 self._wake.set()
 
+    async def _outcome_of(self, job: jobs_db.ClaimedJob) -> jobs_db.Finished:
+        kind = self.registry.get(job.kind)
+        if kind is None:
+            return self._finish(job, JobState.DEAD,
+                                error=f"unknown job kind {job.kind!r} (not registered in worker/kinds.py)")
+        try:
+            return await self._call(job, kind)
+        except Exception as exc:  # a bug of ours, not the handler's: never leave the job held forever
+            log.exception("engine error while finishing a job", job_id=job.id, kind=job.kind)
+            return self._finish(job, JobState.DEAD, error=f"engine error: {type(exc).__name__}: {exc}")
+
     async def _call(self, job: jobs_db.ClaimedJob, kind: JobKind) -> jobs_db.Finished:
         ctx = JobContext(job_id=job.id, kind=job.kind, attempt=job.attempt, max_attempts=job.max_attempts)
+        deadline = asyncio.timeout(kind.timeout_seconds)  # unlike wait_for, no extra task per job
         try:
-            async with asyncio.timeout(kind.timeout_seconds):  # unlike wait_for, no extra task per job
+            async with deadline:
                 result = await kind.handler(ctx, job.payload)
-        except TimeoutError:
-            return self._retry_or_die(job, kind, f"timed out after {kind.timeout_seconds:g}s", None)
+        except TimeoutError as exc:
+            if deadline.expired():
+                return self._retry_or_die(job, kind, f"timed out after {kind.timeout_seconds:g}s", None)
+            return self._retry_or_die(job, kind, f"TimeoutError: {exc}", None)  # the handler's own timeout
         except Exception as exc:
             log.warning("job failed", job_id=job.id, kind=job.kind, attempt=job.attempt,
                         error=f"{type(exc).__name__}: {exc}")
@@ -195,7 +213,7 @@ class Worker:
         if result is None:
             return self._finish(job, JobState.COMPLETED)
         if isinstance(result, Retry):
-            return self._retry_or_die(job, kind, result.reason, max(0.0, result.after))
+            return self._retry_or_die(job, kind, result.reason, min(max(0.0, result.after), MAX_RETRY_AFTER))
         if isinstance(result, Fail):
             return self._finish(job, JobState.DEAD, error=result.reason)
         return self._finish(job, JobState.DEAD, error=f"handler returned {result!r}, not None/Retry/Fail")
