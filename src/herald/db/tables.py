@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -65,6 +66,18 @@ stores = Table(
     Column("currency", String(3), nullable=False),
     Column("timezone", String(64), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+    # Connection to the platform (issue 3). Secrets are Fernet tokens (services/vault.py),
+    # never plaintext: the webhook secret, the one it replaced (accepted until
+    # previous_webhook_secret_until, for rotation) and the Admin/REST API credentials.
+    Column("webhook_secret", Text, nullable=True),
+    Column("previous_webhook_secret", Text, nullable=True),
+    Column("previous_webhook_secret_until", UTCDateTime, nullable=True),
+    Column("api_base_url", String(500), nullable=True),  # e.g. https://shop.myshopify.com
+    Column("api_credentials", Text, nullable=True),
+    # Segment-spec write key: only its SHA-256 is stored (like API keys).
+    Column("write_key_hash", String(64), nullable=True, unique=True),
+    Column("write_key_prefix", String(24), nullable=True),
+    Column("sync_state", Json, nullable=False, server_default=text("'{}'")),
     CheckConstraint("platform IN ('shopify','woocommerce','magento','custom')", name="platform"),
     Index("ix_stores_workspace", "workspace_id", "id"),
 )
@@ -99,6 +112,13 @@ contacts = Table(
     Column("attributes", Json, nullable=False, server_default=text("'{}'")),
     Column("tags", Json, nullable=False, server_default=text("'[]'")),
     Column("merged_into_id", String(ID), ForeignKey("contacts.id", ondelete="SET NULL"), nullable=True),
+    # Aggregates kept by services/commerce.py as orders and checkouts arrive (recomputed from
+    # the orders table, so replays and updates never drift). total_spent: {currency: minor}.
+    Column("orders_count", Integer, nullable=False, server_default="0"),
+    Column("total_spent", Json, nullable=False, server_default=text("'{}'")),
+    Column("first_order_at", UTCDateTime, nullable=True),
+    Column("last_order_at", UTCDateTime, nullable=True),
+    Column("last_checkout_at", UTCDateTime, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Index("ix_contacts_workspace", "workspace_id", "id"),
@@ -178,9 +198,18 @@ events = Table(
     Column("properties", Json, nullable=False, server_default=text("'{}'")),
     Column("occurred_at", UTCDateTime, nullable=False),
     Column("received_at", UTCDateTime, nullable=False),
+    # Segment-spec calls: track, identify, page, screen, group, alias ('track' for others).
+    Column("kind", String(16), nullable=False, server_default="track"),
+    Column("user_id", String(255), nullable=True),
+    Column("anonymous_id", String(255), nullable=True),
+    # Set once identity resolution has run (contact_id filled, identify traits applied).
+    # Ingestion commits the raw event first and answers; resolution runs after commit.
+    Column("processed_at", UTCDateTime, nullable=True),
     UniqueConstraint("workspace_id", "source", "dedupe_key", name="uq_events_dedupe"),
     Index("ix_events_contact", "contact_id", "occurred_at"),
     Index("ix_events_workspace_name", "workspace_id", "name", "occurred_at"),
+    Index("ix_events_pending", "id", sqlite_where=text("processed_at IS NULL"),
+          postgresql_where=text("processed_at IS NULL")),
 )
 
 orders = Table(
@@ -204,6 +233,11 @@ orders = Table(
     Column("shipping_country", String(2), nullable=True),
     Column("placed_at", UTCDateTime, nullable=False),
     Column("cancelled_at", UTCDateTime, nullable=True),
+    Column("refunded_minor", BigInteger, nullable=False, server_default="0"),
+    Column("checkout_token", String(255), nullable=True),  # links the order to its checkout
+    Column("status_url", String(2000), nullable=True),  # the buyer's order status page
+    # The platform's updated_at of the version we hold: an older delivery never overwrites it.
+    Column("source_updated_at", UTCDateTime, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     UniqueConstraint("store_id", "external_id", name="uq_orders_store_external"),
@@ -225,6 +259,165 @@ order_lines = Table(
     Column("unit_price_minor", BigInteger, nullable=False),
     Column("total_minor", BigInteger, nullable=False),
     Index("ix_order_lines_order", "order_id"),
+)
+
+# Carts that reached checkout: the input of abandoned-cart recovery. `lines` is a JSON list of
+# {title, quantity, unit_price_minor, sku, product_external_id, variant_external_id}.
+checkouts = Table(
+    "checkouts",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    _ws(),
+    Column("store_id", String(ID), ForeignKey("stores.id", ondelete="CASCADE"), nullable=False),
+    Column("contact_id", String(ID), ForeignKey("contacts.id", ondelete="SET NULL"), nullable=True),
+    Column("external_id", String(255), nullable=False),
+    Column("token", String(255), nullable=True),
+    Column("email", String(320), nullable=True),
+    Column("phone", String(20), nullable=True),
+    Column("currency", String(3), nullable=False),
+    Column("subtotal_minor", BigInteger, nullable=False, server_default="0"),
+    Column("total_minor", BigInteger, nullable=False, server_default="0"),
+    Column("discount_codes", Json, nullable=False, server_default=text("'[]'")),
+    Column("lines", Json, nullable=False, server_default=text("'[]'")),
+    Column("recovery_url", String(2000), nullable=True),
+    Column("completed_at", UTCDateTime, nullable=True),
+    Column("order_id", String(ID), ForeignKey("orders.id", ondelete="SET NULL"), nullable=True),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("source_updated_at", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("store_id", "external_id", name="uq_checkouts_store_external"),
+    Index("ix_checkouts_contact", "contact_id", "started_at"),
+    Index("ix_checkouts_token", "store_id", "token"),
+)
+
+fulfillments = Table(
+    "fulfillments",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    _ws(),
+    Column("store_id", String(ID), ForeignKey("stores.id", ondelete="CASCADE"), nullable=False),
+    Column("order_id", String(ID), ForeignKey("orders.id", ondelete="CASCADE"), nullable=False),
+    Column("external_id", String(255), nullable=False),
+    Column("status", String(32), nullable=True),
+    Column("shipment_status", String(32), nullable=True),
+    Column("tracking_company", String(255), nullable=True),
+    Column("tracking_numbers", Json, nullable=False, server_default=text("'[]'")),
+    Column("tracking_urls", Json, nullable=False, server_default=text("'[]'")),
+    Column("source_updated_at", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("store_id", "external_id", name="uq_fulfillments_store_external"),
+    Index("ix_fulfillments_order", "order_id"),
+)
+
+refunds = Table(
+    "refunds",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    _ws(),
+    Column("store_id", String(ID), ForeignKey("stores.id", ondelete="CASCADE"), nullable=False),
+    Column("order_id", String(ID), ForeignKey("orders.id", ondelete="CASCADE"), nullable=False),
+    Column("external_id", String(255), nullable=False),
+    Column("amount_minor", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("note", Text, nullable=True),
+    Column("refunded_at", UTCDateTime, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("store_id", "external_id", name="uq_refunds_store_external"),
+    Index("ix_refunds_order", "order_id"),
+)
+
+products = Table(
+    "products",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    _ws(),
+    Column("store_id", String(ID), ForeignKey("stores.id", ondelete="CASCADE"), nullable=False),
+    Column("external_id", String(255), nullable=False),
+    Column("title", String(500), nullable=False),
+    Column("handle", String(255), nullable=True),
+    Column("url", String(2000), nullable=True),
+    Column("image_url", String(2000), nullable=True),
+    Column("vendor", String(255), nullable=True),
+    Column("product_type", String(255), nullable=True),
+    Column("status", String(32), nullable=True),
+    Column("price_minor", BigInteger, nullable=True),  # the lowest variant price
+    Column("currency", String(3), nullable=True),
+    Column("tags", Json, nullable=False, server_default=text("'[]'")),
+    Column("variants", Json, nullable=False, server_default=text("'[]'")),
+    Column("source_updated_at", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("store_id", "external_id", name="uq_products_store_external"),
+)
+
+# Every inbound store webhook, stored raw (after its signature was verified) before it is
+# acknowledged, then processed by the `intake.webhook` job. dedupe_key is the platform's own
+# delivery/event id: a replay finds the row and changes nothing but `duplicates`.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    _ws(),
+    Column("store_id", String(ID), ForeignKey("stores.id", ondelete="CASCADE"), nullable=False),
+    Column("platform", String(20), nullable=False),
+    Column("topic", String(200), nullable=False),
+    Column("dedupe_key", String(255), nullable=False),
+    Column("headers", Json, nullable=False, server_default=text("'{}'")),
+    Column("body", LargeBinary, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("detail", Text, nullable=True),
+    Column("duplicates", Integer, nullable=False, server_default="0"),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("processed_at", UTCDateTime, nullable=True),
+    UniqueConstraint("store_id", "dedupe_key", name="uq_webhook_deliveries_dedupe"),
+    CheckConstraint("status IN ('received','processed','unknown_topic','failed')", name="status"),
+    Index("ix_webhook_deliveries_status", "workspace_id", "status", "received_at"),
+)
+
+# CSV imports: the file is kept until the import ends; `offset`/`line` are the checkpoint
+# (byte offset and line number after the last committed batch), written in the same
+# transaction as that batch, so a crashed import resumes exactly where it stopped.
+imports = Table(
+    "imports",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    _ws(),
+    Column("store_id", String(ID), ForeignKey("stores.id", ondelete="CASCADE"), nullable=True),
+    Column("kind", String(16), nullable=False),
+    Column("source_name", String(500), nullable=False),
+    Column("path", String(2000), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("encoding", String(32), nullable=True),
+    Column("mapping", Json, nullable=False, server_default=text("'{}'")),
+    Column("options", Json, nullable=False, server_default=text("'{}'")),
+    Column("state", String(16), nullable=False),
+    Column("offset", BigInteger, nullable=False, server_default="0"),
+    Column("line", Integer, nullable=False, server_default="0"),
+    Column("rows_ok", Integer, nullable=False, server_default="0"),
+    Column("rows_unchanged", Integer, nullable=False, server_default="0"),
+    Column("rows_failed", Integer, nullable=False, server_default="0"),
+    Column("error", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime, nullable=True),
+    CheckConstraint("kind IN ('contacts','orders')", name="kind"),
+    CheckConstraint("state IN ('pending','running','completed','failed','cancelled')", name="state"),
+    Index("ix_imports_workspace", "workspace_id", "id"),
+)
+
+import_errors = Table(
+    "import_errors",
+    metadata,
+    Column("id", BigIntPK, primary_key=True, autoincrement=True),
+    Column("import_id", String(ID), ForeignKey("imports.id", ondelete="CASCADE"), nullable=False),
+    Column("line", Integer, nullable=False),
+    Column("column", String(200), nullable=True),
+    Column("value", Text, nullable=True),
+    Column("reason", Text, nullable=False),
+    Index("ix_import_errors_import", "import_id", "line"),
 )
 
 messages = Table(

@@ -12,7 +12,8 @@ import time
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 PREFIXES = frozenset(
-    {"ws", "st", "key", "ct", "cid", "cns", "evt", "ord", "oln", "msg", "mev", "idem"}
+    {"ws", "st", "key", "ct", "cid", "cns", "evt", "ord", "oln", "msg", "mev", "idem",
+     "chk", "ful", "rfd", "prd", "whd", "imp"}
 )
 
 
