@@ -103,3 +103,49 @@ def test_serve_answers_with_the_demo_key_and_stops_cleanly(cli_env: dict[str, st
         output = log.read()
     assert "worker started" in output and "worker stopped" in output, output  # drained, not killed
     assert "Application shutdown complete" in output, output
+
+
+def test_contacts_show_and_merge(cli_env: dict[str, str], database_url: str) -> None:
+    from datetime import UTC, datetime
+
+    from sqlalchemy import insert
+
+    from herald.db.engine import make_engine
+    from herald.db.tables import orders
+    from herald.domain.auth import Principal
+    from herald.services import contacts, identity
+
+    run(cli_env, "migrate")
+    ws = json.loads(run(cli_env, "workspace", "create", "--name", "Shop", "--slug", "shop", "--json").stdout)["id"]
+    store = json.loads(run(cli_env, "stores", "add", "--workspace", "shop", "--name", "US", "--platform", "custom",
+                           "--currency", "USD", "--json").stdout)["id"]
+    now = datetime.now(UTC)
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            who = Principal("test", ws, store)
+            keep = contacts.create_contact(conn, who, {"email": "keep@example.com", "first_name": "Kim"}, now)["id"]
+            gone = contacts.create_contact(conn, who, {"phone": "+14155550111", "external_ids": {"crm": "9"}},
+                                           now)["id"]
+            conn.execute(insert(orders).values(id="ord_cli_1", workspace_id=ws, store_id=store, contact_id=gone,
+                                               external_id="1001", currency="USD", total_minor=4999,
+                                               placed_at=now, created_at=now, updated_at=now))
+            identity.recompute_aggregates(conn, [gone], now)
+    finally:
+        engine.dispose()
+
+    shown = json.loads(run(cli_env, "contacts", "show", gone, "--json").stdout)
+    assert (shown["orders_count"], shown["total_spent"], shown["external_ids"]) == (1, {"USD": "49.99"}, {"crm": "9"})
+    proc = run(cli_env, "contacts", "merge", keep, gone, ok=False)
+    assert proc.returncode == 2 and "--reason" in proc.stderr  # a merge always says why
+    merged = json.loads(run(cli_env, "contacts", "merge", keep, gone, "--reason", "same buyer", "--json").stdout)
+    assert merged["id"] == keep and merged["phone"] == "+14155550111" and merged["external_ids"] == {"crm": "9"}
+    assert (merged["orders_count"], merged["total_spent"], merged["total_spent_minor"]) == (
+        1, {"USD": "49.99"}, {"USD": 4999})
+    text = run(cli_env, "contacts", "show", keep).stdout
+    assert "USD 49.99" in text and f"merged in: {gone}" in text and "by cli: same buyer" in text
+    proc = run(cli_env, "contacts", "show", gone, ok=False)
+    assert proc.returncode == 1 and f"merged into {keep!r}" in " ".join(proc.stderr.split())
+    assert "Traceback" not in proc.stderr
+    proc = run(cli_env, "contacts", "merge", keep, keep, "--reason", "x", ok=False)
+    assert proc.returncode == 1 and "itself" in proc.stderr

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from herald.db.engine import make_engine
 from herald.db.migrate import head_revision, is_up_to_date
 from herald.domain.clock import Clock, SystemClock
+from herald.domain.connectors import StoreApi, WebhookConnector
 from herald.settings import Settings, SettingsError, load_settings
 
 
@@ -45,6 +46,22 @@ class Container:
     clock: Clock
     master_key: bytes
     notifier: WorkNotifier = field(default_factory=WorkNotifier)
+    _connectors: Mapping[str, WebhookConnector] | None = None
+
+    @property
+    def connectors(self) -> Mapping[str, WebhookConnector]:
+        """Store platform -> webhook connector (herald.stores), built on first use."""
+        if self._connectors is None:
+            from herald.stores import registry
+
+            self._connectors = registry.connectors()
+        return self._connectors
+
+    def store_api(self, platform: str, base_url: str, credentials: Mapping[str, str]) -> StoreApi:
+        """A client for a store's REST/Admin API (backfill); the caller closes it."""
+        from herald.stores import registry
+
+        return registry.make_api(platform, base_url, credentials)
 
     def close(self) -> None:
         self.engine.dispose()

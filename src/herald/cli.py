@@ -12,14 +12,17 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from sqlalchemy import select
 
 from herald import bootstrap, logs
 from herald.bootstrap import Container
 from herald.db import jobs as jobs_db
 from herald.db.migrate import current_revision, head_revision, upgrade
+from herald.db.tables import stores as stores_table
 from herald.domain.auth import Principal
-from herald.domain.errors import HeraldError
+from herald.domain.errors import HeraldError, InvalidInput, NotFound
 from herald.services import apikeys, demo, workspaces
+from herald.services import stores as store_connections
 from herald.settings import SettingsError, load_settings
 
 app = typer.Typer(help="Herald: multi-channel outreach for cross-border e-commerce sellers.",
@@ -30,6 +33,8 @@ jobs_app = typer.Typer(help="Inspect the work queue.", no_args_is_help=True)
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(workspace_app, name="workspace")
 app.add_typer(jobs_app, name="jobs")
+stores_app = typer.Typer(help="Stores: add, connect to their platform, sync, inspect webhooks.", no_args_is_help=True)
+app.add_typer(stores_app, name="stores")
 err = Console(stderr=True)
 out = Console()
 F = TypeVar("F", bound=Callable[..., Any])
@@ -199,6 +204,263 @@ def jobs_stats() -> None:
         counts = jobs_db.counts_by_state(conn)
     for state in ("available", "running", "completed", "dead", "cancelled"):
         out.print(f"{state:>10}  {counts.get(state, 0)}")
+
+
+# ---- stores (issue 3) ---------------------------------------------------------------------------
+def _workspace_principal(conn: Any, store_id: str) -> Principal:
+    """The CLI acts for the workspace that owns the store."""
+    row = conn.execute(select(stores_table.c.workspace_id).where(stores_table.c.id == store_id)).first()
+    if row is None:
+        raise NotFound(f"no store {store_id!r}; list them with `herald stores list`")
+    return Principal("cli", row.workspace_id, None)
+
+
+def _secret_arg(value: str | None, what: str) -> str | None:
+    """A secret given as '-' is read from standard input, so it stays out of shell history."""
+    if value != "-":
+        return value
+    text = sys.stdin.readline().strip() if not sys.stdin.isatty() else typer.prompt(what, hide_input=True)
+    return text or None
+
+
+@stores_app.command("add")
+@clear_errors
+def stores_add(
+    workspace: Annotated[str, typer.Option(help="workspace id or slug")],
+    name: Annotated[str, typer.Option(help="display name")],
+    platform: Annotated[str, typer.Option(help="shopify, woocommerce, magento or custom")],
+    currency: Annotated[str, typer.Option(help="ISO 4217, e.g. USD")],
+    timezone: Annotated[str, typer.Option(help="IANA zone of the store")] = "UTC",
+    domain: Annotated[str | None, typer.Option(help="the store's domain, for links")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Add a store to a workspace. Then: herald stores connect STORE --webhook-secret -."""
+    c = _container()
+    with c.engine.begin() as conn:
+        ws = workspaces.find_workspace(conn, workspace)
+        row = workspaces.create_store(conn, Principal("cli", ws["id"], None), name=name, platform=platform,
+                                      currency=currency, timezone=timezone, domain=domain, now=c.clock.now())
+    hook = f"{c.settings.public_base_url}/hooks/{row['platform']}/{row['id']}"
+    if as_json:
+        print(json.dumps({"id": row["id"], "platform": row["platform"], "webhook_url": hook}))
+    else:
+        out.print(f"store {row['id']} ({row['platform']}) added; webhook URL: {hook}", soft_wrap=True)
+
+
+@stores_app.command("list")
+@clear_errors
+def stores_list(workspace: Annotated[str, typer.Option(help="workspace id or slug")]) -> None:
+    """The workspace's stores and how they are connected."""
+    c = _container()
+    with c.engine.begin() as conn:
+        ws = workspaces.find_workspace(conn, workspace)
+        rows = conn.execute(select(stores_table).where(stores_table.c.workspace_id == ws["id"])
+                            .order_by(stores_table.c.id)).mappings().all()
+    for row in rows:
+        summary = store_connections.connection_summary(dict(row))
+        out.print(f"{row['id']}  {row['platform']:<11} {row['name']}  webhook secret: "
+                  f"{'set' if summary['webhook_secret_set'] else 'missing'}  API: "
+                  f"{summary['api_base_url'] or '-'}  write key: {summary['write_key_prefix'] or '-'}")
+
+
+@stores_app.command("connect")
+@clear_errors
+def stores_connect(
+    store: Annotated[str, typer.Argument(help="store id (st_…)")],
+    webhook_secret: Annotated[str | None, typer.Option(help="the secret webhooks are signed with ('-': read stdin); "
+                                                       "for Magento the PEM public key")] = None,
+    api_url: Annotated[str | None, typer.Option(help="the store's address, e.g. https://x.myshopify.com")] = None,
+    access_token: Annotated[str | None, typer.Option(help="Shopify Admin API access token ('-': read stdin)")] = None,
+    consumer_key: Annotated[str | None, typer.Option(help="WooCommerce REST consumer key")] = None,
+    consumer_secret: Annotated[str | None, typer.Option(help="WooCommerce REST consumer secret ('-': stdin)")] = None,
+) -> None:
+    """Set a store's webhook secret (the previous one keeps working 3 days) and API credentials."""
+    c = _container()
+    now = c.clock.now()
+    secret = _secret_arg(webhook_secret, "webhook secret")
+    creds = {k: v for k, v in {"access_token": _secret_arg(access_token, "access token"),
+                               "consumer_key": consumer_key,
+                               "consumer_secret": _secret_arg(consumer_secret, "consumer secret")}.items() if v}
+    with c.engine.begin() as conn:
+        who = _workspace_principal(conn, store)
+        if secret:
+            store_connections.set_webhook_secret(conn, who, store, secret, master_key=c.master_key, now=now)
+        if api_url or creds:
+            store_connections.set_api_credentials(conn, who, store, base_url=api_url or "", credentials=creds,
+                                                  master_key=c.master_key)
+        row = workspaces.get_store(conn, who, store)
+    summary = store_connections.connection_summary(row)
+    out.print(f"store {store}: webhook secret {'set' if summary['webhook_secret_set'] else 'missing'}, "
+              f"API {summary['api_base_url'] or 'not configured'}; webhook URL: "
+              f"{c.settings.public_base_url}/hooks/{row['platform']}/{store}", soft_wrap=True)
+
+
+@stores_app.command("write-key")
+@clear_errors
+def stores_write_key(store: Annotated[str, typer.Argument(help="store id (st_…)")],
+                     as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Create the store's Segment-spec write key (the previous one stops working). Shown once."""
+    c = _container()
+    with c.engine.begin() as conn:
+        _row, key = store_connections.create_write_key(conn, _workspace_principal(conn, store), store)
+    if as_json:
+        print(json.dumps({"store_id": store, "write_key": key}))
+        return
+    out.print(f"write key for {store} (shown once): [bold]{key}[/bold]")
+    out.print(f"point analytics clients at {c.settings.public_base_url} (e.g. analytics.host = ...)", soft_wrap=True)
+
+
+@stores_app.command("sync")
+@clear_errors
+def stores_sync(
+    store: Annotated[str, typer.Argument(help="store id (st_…)")],
+    resource: Annotated[list[str] | None, typer.Option(help="customers and/or orders (default both)")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Pull customers and orders from the store's API (resumable; changes nothing already right)."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from herald.domain.connectors import StoreApiError
+    from herald.services import sync
+
+    c = _container()
+    wanted = tuple(resource or sync.RESOURCES)
+    if any(r not in sync.RESOURCES for r in wanted):
+        raise InvalidInput.on("resource", "must be customers or orders")
+    with c.engine.begin() as conn:
+        info, base_url, creds = store_connections.api_credentials(conn, _workspace_principal(conn, store), store,
+                                                                  master_key=c.master_key)
+
+    async def run(progress: Progress) -> sync.SyncReport:
+        tasks = {r: progress.add_task(f"{r}", total=None) for r in wanted}
+
+        def advance(res: str, pages: int, objects: int) -> None:
+            progress.update(tasks[res], description=f"{res}: {objects} in {pages} pages")
+
+        api = c.store_api(info.platform, base_url, creds)
+        try:
+            return await sync.sync_store(c.engine, c.clock, info, api, resources=wanted,  # type: ignore[arg-type]
+                                         progress=advance)
+        finally:
+            await api.aclose()
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+                  disable=as_json) as progress:
+        try:
+            report = asyncio.run(run(progress))
+        except StoreApiError as exc:
+            raise HeraldError(f"sync stopped: {exc}; run it again to continue where it stopped") from None
+    summary = {"objects": report.objects, "pages": report.pages, "written": report.written,
+               "unchanged": report.unchanged, "rate_limit_waits": report.waits, "problems": report.problems[:50]}
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        out.print(f"synced {store}: " + ", ".join(f"{n} {r}" for r, n in report.objects.items()) +
+                  f" ({report.written} written, {report.unchanged} unchanged; "
+                  f"{report.waits} rate-limit waits, {len(report.problems)} problems)")
+
+
+@stores_app.command("deliveries")
+@clear_errors
+def stores_deliveries(
+    workspace: Annotated[str, typer.Option(help="workspace id or slug")],
+    status: Annotated[str | None, typer.Option(help="received, processed, unknown_topic or failed")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=200)] = 50,
+) -> None:
+    """Inbound store webhooks: counts by status, then the latest (filter by status)."""
+    from herald.services import intake
+
+    c = _container()
+    with c.engine.begin() as conn:
+        ws = workspaces.find_workspace(conn, workspace)
+        who = Principal("cli", ws["id"], None)
+        counts = intake.counts_by_status(conn, ws["id"])
+        page = intake.list_deliveries(conn, who, limit=limit, cursor=None, status=status)
+    out.print("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "no deliveries yet")
+    for d in page.items:
+        out.print(f"{d['received_at']:%Y-%m-%d %H:%M:%S}  {d['id']}  {d['platform']}/{d['topic']}  {d['status']}"
+                  + (f"  ({d['detail']})" if d["detail"] else ""), soft_wrap=True, highlight=False)
+
+
+# ---- contacts ------------------------------------------------------------------------------------
+contacts_app = typer.Typer(help="Look up contacts and merge duplicates.", no_args_is_help=True)
+app.add_typer(contacts_app, name="contacts")
+
+
+def _contact_principal(conn: Any, contact_id: str) -> Principal:
+    """The CLI acts for the workspace that owns the contact (or owned it, if it was merged)."""
+    from herald.db.tables import contact_merges, contacts
+
+    ws = conn.execute(select(contacts.c.workspace_id).where(contacts.c.id == contact_id)).scalar()
+    if ws is None:
+        ws = conn.execute(select(contact_merges.c.workspace_id)
+                          .where(contact_merges.c.merged_contact_id == contact_id).limit(1)).scalar()
+    if ws is None:
+        raise NotFound(f"no contact {contact_id!r}")
+    return Principal("cli", ws, None)
+
+
+def _print_contact(row: dict[str, Any], merges: list[dict[str, Any]], as_json: bool) -> None:
+    from herald.api.schemas import ContactOut
+
+    view = ContactOut.model_validate(row).model_dump(mode="json")
+    if as_json:
+        print(json.dumps(view))
+        return
+    name = " ".join(p for p in (view["first_name"], view["last_name"]) if p) or "(no name)"
+    lines = [f"{view['id']}  {name}  email: {view['email'] or '-'}  phone: {view['phone'] or '-'}",
+             f"stores: {', '.join(view['store_ids']) or '-'}   external ids: "
+             + (", ".join(f"{ns}={v}" for ns, v in view["external_ids"].items()) or "-"),
+             f"orders: {view['orders_count']}   spent: "
+             + (", ".join(f"{cur} {amount}" for cur, amount in view["total_spent"].items()) or "-")
+             + f"   first order: {_when(row['first_order_at'])}   last order: {_when(row['last_order_at'])}"
+             + f"   last checkout: {_when(row['last_checkout_at'])}",
+             f"tags: {', '.join(view['tags']) or '-'}"]
+    lines += [f"merged in: {m['merged_contact_id']} at {_when(m['created_at'])} by {m['actor']}: {m['reason']}"
+              for m in merges]
+    for line in lines:
+        out.print(line, soft_wrap=True, highlight=False, markup=False)
+
+
+def _when(value: Any) -> str:
+    return f"{value:%Y-%m-%d %H:%M} UTC" if value else "-"
+
+
+@contacts_app.command("show")
+@clear_errors
+def contacts_show(contact_id: Annotated[str, typer.Argument(help="contact id (ct_…)")],
+                  as_json: Annotated[bool, typer.Option("--json", help="print the API's JSON")] = False) -> None:
+    """A contact: identities, stores, order totals and the merges it kept."""
+    from herald.services import contacts as contact_service
+
+    c = _container()
+    with c.engine.begin() as conn:
+        who = _contact_principal(conn, contact_id)
+        row = contact_service.get_contact(conn, who, contact_id)
+        merges = contact_service.list_merges(conn, who, contact_id, limit=200, cursor=None).items
+    _print_contact(row, merges, as_json)
+
+
+@contacts_app.command("merge")
+@clear_errors
+def contacts_merge(
+    keep: Annotated[str, typer.Argument(help="the contact to keep (ct_…)")],
+    merged: Annotated[str, typer.Argument(help="the contact to merge into it; it is deleted")],
+    reason: Annotated[str, typer.Option(help="why (kept in the merge record)")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the kept contact as the API's JSON")] = False,
+) -> None:
+    """Merge a duplicate contact into another (recorded; cannot be undone)."""
+    from herald.services import contacts as contact_service
+
+    c = _container()
+    with c.engine.begin() as conn:
+        who = _contact_principal(conn, keep)
+        row = contact_service.merge_contacts(conn, who, keep, merged, reason=reason, now=c.clock.now())
+    if as_json:
+        _print_contact(row, [], True)
+    else:
+        out.print(f"merged {merged} into {keep}", highlight=False)
+        _print_contact(row, [], False)
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """API fixtures: an app on the test database, and a small multi-tenant world to attack.
 
 World: workspace A with stores A1 and A2, workspace B with store B1; API keys for workspace A,
-store A1, store A2 and workspace B; one contact in each store."""
+store A1, store A2 and workspace B; one contact and one stored webhook delivery in each store."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from fastapi.testclient import TestClient
 
 from herald.api.app import create_app
 from herald.bootstrap import Container
+from herald.db.tables import webhook_deliveries
 from herald.domain.auth import Principal
+from herald.domain.ids import new_id
 from herald.services import apikeys, contacts, workspaces
 
 
@@ -62,5 +64,11 @@ def world(container: Container) -> World:
                 w.callers[name] = caller
                 contact = contacts.create_contact(
                     conn, caller.principal, {"email": f"buyer{i}@{name.lower()}.example"}, now)
-                w.ids[name] = {"store": store["id"], "contact": contact["id"], "api_key": caller.key_id}
+                delivery = new_id("whd")
+                conn.execute(webhook_deliveries.insert().values(
+                    id=delivery, workspace_id=ws["id"], store_id=store["id"], platform="shopify",
+                    topic="orders/create", dedupe_key=f"orders/create|event:{name}", headers={}, body=b"{}",
+                    status="received", received_at=now))
+                w.ids[name] = {"store": store["id"], "contact": contact["id"], "api_key": caller.key_id,
+                               "delivery": delivery}
     return w

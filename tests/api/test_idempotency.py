@@ -113,7 +113,8 @@ def test_every_create_route_accepts_the_key(client: TestClient, world: World) ->
     bodies = {"/api/v1/contacts": {"email": "p@example.com"},
               "/api/v1/stores": {"name": "EU", "platform": "custom", "currency": "EUR"},
               "/api/v1/api-keys": {"name": "deploy"}}
-    creates = [p for p, ops in client.app.openapi()["paths"].items() if "post" in ops]  # type: ignore[attr-defined]
+    creates = [p for p, ops in client.app.openapi()["paths"].items()  # type: ignore[attr-defined]
+               if "post" in ops and p.startswith("/api/v1/") and "{" not in p]  # collections, not actions
     assert sorted(creates) == sorted(bodies), "a new create route: add a body for it here"
     for path, body in bodies.items():
         headers = {**world.callers["A"].headers, "Idempotency-Key": f"key-{path}"}

@@ -14,7 +14,8 @@ from herald import __version__
 from herald.api import problems
 from herald.api.deps import Replay
 from herald.api.limits import BodySizeLimit, NoNulInUrl
-from herald.api.routes import apikeys, contacts, meta, stores
+from herald.api.routes import apikeys, contacts, deliveries, hooks, meta, stores
+from herald.api.routes import segment as segment_routes
 from herald.bootstrap import Container
 
 Background = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
@@ -45,9 +46,11 @@ def create_app(container: Container, *, background: Background | None = None) ->
     app.add_exception_handler(Replay, _replay)  # type: ignore[arg-type]
     app.add_middleware(BodySizeLimit, max_bytes=container.settings.max_request_bytes)
     app.add_middleware(NoNulInUrl)
-    for router in (contacts.router, stores.router, apikeys.router):
+    for router in (contacts.router, stores.router, apikeys.router, deliveries.router):
         app.include_router(router, prefix="/api/v1")
     app.include_router(meta.router)
+    app.include_router(hooks.router)  # POST /hooks/{platform}/{store_id}: signed store webhooks
+    segment_routes.install(app, container)  # /v1/* Segment-spec ingestion + its group-commit writer
     return app
 
 

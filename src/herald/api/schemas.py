@@ -8,6 +8,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from herald.domain.money import from_minor
 from herald.services.pagination import Page as RowsPage
 
 T = TypeVar("T")
@@ -110,10 +111,47 @@ class ContactOut(BaseModel):
     timezone: str | None
     attributes: dict[str, Any]
     tags: list[str]
-    external_ids: dict[str, str]
+    external_ids: dict[str, str] = Field(
+        description="ids in other systems by namespace; a store's own customer ids are under `store:<store id>`")
     store_ids: list[str]
+    orders_count: int = Field(default=0, description="orders placed, cancelled ones excluded")
+    total_spent: dict[str, str] = Field(
+        default_factory=dict, examples=[{"USD": "1250.00", "JPY": "3000"}],
+        description="net of refunds, per ISO 4217 currency (never converted), as a decimal string in "
+                    "major units with the currency's own decimals; cancelled orders excluded")
+    total_spent_minor: dict[str, int] = Field(
+        default_factory=dict, examples=[{"USD": 125000, "JPY": 3000}],
+        description="the same amounts as integers in minor units (cents), exact for arithmetic")
+    first_order_at: datetime | None = None
+    last_order_at: datetime | None = None
+    last_checkout_at: datetime | None = Field(default=None, description="latest checkout started")
     created_at: datetime
     updated_at: datetime
+
+    @model_validator(mode="before")
+    @classmethod
+    def _money(cls, data: Any) -> Any:
+        """A contact row stores total_spent in minor units; show both forms."""
+        if isinstance(data, dict) and "total_spent_minor" not in data:
+            minor = {cur: int(v) for cur, v in (data.get("total_spent") or {}).items()}
+            data = {**data, "total_spent_minor": minor,
+                    "total_spent": {cur: format(from_minor(v, cur), "f") for cur, v in minor.items()}}
+        return data
+
+
+class ContactMerge(Body):
+    merge_id: str = Field(min_length=1, max_length=64, description="the contact to merge in; it is deleted")
+    reason: str = Field(min_length=1, max_length=200, examples=["same buyer: guest checkout and account"],
+                        description="kept in the merge record")
+
+
+class ContactMergeOut(BaseModel):
+    id: int
+    kept_contact_id: str
+    merged_contact_id: str = Field(description="no longer exists; its id answers 404")
+    reason: str
+    actor: str = Field(description="the API key id that merged, or `cli`")
+    created_at: datetime
 
 
 class StoreCreate(Body):
@@ -159,3 +197,48 @@ class Me(BaseModel):
     workspace_id: str
     store_id: str | None
     api_key_id: str
+
+
+# ---- store connections and inbound webhooks (issue 3) -------------------------------------
+class StoreConnectionUpdate(Body):
+    """Only the fields sent change. Secrets are write-only: they are never shown again."""
+
+    webhook_secret: str | None = Field(
+        default=None, min_length=8, max_length=4096,
+        description="the secret (Shopify app secret, WooCommerce webhook secret, Standard Webhooks "
+                    "`whsec_…`) or, for Magento, the PEM public key deliveries are signed with; the "
+                    "previous secret keeps verifying for 3 days")
+    api_base_url: str | None = Field(default=None, max_length=500, examples=["https://aurora.myshopify.com"])
+    api_credentials: dict[str, str] | None = Field(
+        default=None, description="shopify: {access_token}; woocommerce: {consumer_key, consumer_secret}")
+
+
+class StoreConnectionOut(BaseModel):
+    store_id: str
+    platform: str
+    webhook_url: str = Field(description="paste this into the platform's webhook settings")
+    webhook_secret_set: bool
+    previous_webhook_secret_until: datetime | None
+    api_base_url: str | None
+    api_credentials_set: bool
+    write_key_prefix: str | None
+    sync_state: dict[str, Any]
+
+
+class WriteKeyCreated(BaseModel):
+    store_id: str
+    write_key: str = Field(description="Segment-spec write key; shown only in this response")
+    write_key_prefix: str
+
+
+class WebhookDeliveryOut(BaseModel):
+    id: str
+    store_id: str
+    platform: str
+    topic: str
+    dedupe_key: str
+    status: str = Field(description="received, processed, unknown_topic or failed")
+    detail: str | None
+    duplicates: int = Field(description="how many replays of this delivery arrived (and changed nothing)")
+    received_at: datetime
+    processed_at: datetime | None

@@ -12,13 +12,13 @@ from typing import Any
 from sqlalchemy import Connection, delete, exists, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 
-from herald.db.tables import contact_identities, contact_stores, contacts, stores
+from herald.db.tables import contact_identities, contact_merges, contact_stores, contacts, stores
 from herald.domain import contacts as rules
 from herald.domain.auth import Principal
 from herald.domain.contacts import IdentityKind, InvalidValue
 from herald.domain.errors import Conflict, FieldProblem, InvalidInput, NotFound
 from herald.domain.ids import new_id
-from herald.services.pagination import Page, keyset_page, one_visible
+from herald.services.pagination import Page, decode_cursor, keyset_page, one_visible, page_of
 
 MAX_ATTRIBUTES_BYTES = 16_384
 MAX_TAGS = 100
@@ -139,7 +139,31 @@ def _decorate(conn: Connection, rows: list[dict[str, Any]]) -> list[dict[str, An
 
 
 def get_contact(conn: Connection, who: Principal, contact_id: str) -> dict[str, Any]:
-    return _decorate(conn, [_load(conn, who, contact_id)])[0]
+    try:
+        return _decorate(conn, [_load(conn, who, contact_id)])[0]
+    except NotFound as exc:
+        kept = _merged_into(conn, who, contact_id)
+        if kept is None:
+            raise
+        raise NotFound(f"{exc.detail}; it was merged into {kept!r}") from None
+
+
+def _merged_into(conn: Connection, who: Principal, contact_id: str) -> str | None:
+    """Where a merged (deleted) contact went, following later merges, if the caller can see it."""
+    m = contact_merges.c
+    seen = {contact_id}
+    current = contact_id
+    for _hop in range(20):  # chains of merges are short; the bound only guards against cycles
+        kept = conn.execute(select(m.kept_contact_id).where(m.workspace_id == who.workspace_id,
+                                                           m.merged_contact_id == current)
+                            .order_by(m.id.desc()).limit(1)).scalar()
+        if kept is None or kept in seen:
+            return None
+        if conn.execute(_visible(who).where(contacts.c.id == kept)).first() is not None:
+            return str(kept)
+        seen.add(kept)
+        current = kept
+    return None
 
 
 def list_contacts(conn: Connection, who: Principal, *, limit: int, cursor: str | None,
@@ -280,3 +304,39 @@ def _link_stores(conn: Connection, workspace_id: str, contact_id: str, store_ids
             for s in store_ids if s not in linked]
     if rows:
         conn.execute(insert(contact_stores), rows)
+
+
+# ---- explicit merges ----------------------------------------------------------------------
+def merge_contacts(conn: Connection, who: Principal, keep_id: str, merge_id: str, *, reason: str,
+                   now: datetime) -> dict[str, Any]:
+    """Merge `merge_id` into `keep_id` (services.identity.merge), both of which the caller must
+    see: a store key merges only contacts linked to its store. The kept contact keeps its id and
+    gains every identity, store link, order, checkout, event, message and consent record of the
+    merged one, which is deleted; the merge is recorded with the caller's key id as actor."""
+    from herald.services import identity  # identity builds on this module: import at call time
+
+    _load(conn, who, keep_id)
+    if keep_id != merge_id:
+        try:
+            _load(conn, who, merge_id)
+        except NotFound as exc:
+            raise NotFound(f"{exc.detail} (merge_id)",
+                           fields=[FieldProblem("merge_id", "no such contact visible to this key")]) from None
+    return identity.merge(conn, who.workspace_id, keep_id, merge_id, reason=reason, actor=who.api_key_id,
+                          now=now)
+
+
+def list_merges(conn: Connection, who: Principal, contact_id: str, *, limit: int,
+                cursor: str | None) -> Page[dict[str, Any]]:
+    """The merges a contact kept (oldest first), keyset-paginated by the record's integer id."""
+    _load(conn, who, contact_id)
+    m = contact_merges.c
+    query = (select(m.id, m.kept_contact_id, m.merged_contact_id, m.reason, m.actor, m.created_at)
+             .where(m.workspace_id == who.workspace_id, m.kept_contact_id == contact_id))
+    after = decode_cursor(cursor)
+    if after is not None:
+        if not after.isdigit() or len(after) > 19:
+            raise InvalidInput.on("cursor", "is not a cursor this API returned; start without one")
+        query = query.where(m.id > int(after))
+    rows = [dict(r) for r in conn.execute(query.order_by(m.id).limit(limit + 1)).mappings()]
+    return page_of(rows, limit, lambda r: str(r["id"]))

@@ -10,8 +10,9 @@ import structlog
 
 from herald.bootstrap import Container
 from herald.db import jobs as jobs_db
-from herald.domain.jobs import Fail, Outcome
-from herald.services import idempotency
+from herald.domain.jobs import Fail, Outcome, Retry
+from herald.services import idempotency, intake
+from herald.services import segment as segment_intake
 from herald.worker.engine import Worker
 from herald.worker.registry import JobContext, JobKind, Registry
 
@@ -35,8 +36,28 @@ def build_registry(container: Container) -> Registry:
         log.info("pruned", jobs=jobs_gone, idempotency_keys=keys_gone)
         return None
 
+    async def intake_events(_ctx: JobContext, _payload: dict[str, Any]) -> Outcome:
+        """Resolve identities of committed Segment-spec events (services/segment.py)."""
+        await asyncio.to_thread(segment_intake.process_all, container.engine, container.clock.now)
+        return None
+
+    async def intake_webhook(ctx: JobContext, payload: dict[str, Any]) -> Outcome:
+        """Translate one stored store webhook and write what it says (services/intake.py)."""
+        def tx() -> intake.Processed:
+            with container.engine.begin() as conn:
+                return intake.process(conn, payload["delivery_id"], container.connectors, container.clock.now(),
+                                      final_attempt=ctx.attempt >= ctx.max_attempts)
+        result = await asyncio.to_thread(tx)
+        if result.status == "waiting":  # e.g. a fulfilment before its order: the order webhook may come
+            return Retry(min(15.0 * 2 ** (ctx.attempt - 1), 3600.0), result.detail or "waiting")
+        log.info("webhook_processed", delivery_id=payload["delivery_id"], status=result.status)
+        return None
+
     return Registry([
         JobKind("maintenance.prune", prune, max_attempts=3, every=timedelta(hours=1)),
+        # Enqueued by the event writer for each second with ingestion; periodic as a safety net.
+        JobKind(segment_intake.INTAKE_JOB, intake_events, every=timedelta(seconds=2)),
+        JobKind(intake.JOB_KIND, intake_webhook, max_attempts=25),
         # Diagnostics: `herald jobs probe` and bench/engine.py measure the engine with these.
         JobKind("diag.noop", _noop),
         JobKind("diag.sleep", _sleep, timeout_seconds=MAX_DIAG_SLEEP + 60),
