@@ -22,6 +22,7 @@ from herald.db.tables import (
     workspaces,
 )
 from herald.domain.ids import new_id
+from herald.services import identity
 
 DEMO_SLUG = "demo"
 
@@ -40,6 +41,12 @@ LAST = ["Souza", "Smith", "Müller", "Martin", "Patel", "Garcia", "Tanaka", "Bro
 PRODUCTS = [("Trail Runner 2", 12900), ("Merino Hoodie", 8900), ("Down Vest", 15900),
             ("Headlamp Pro", 4900), ("Dry Bag 20L", 2900), ("Linen Throw", 7900),
             ("Ceramic Vase", 5400), ("Candle Trio", 3600)]
+
+
+def first_store(conn: Connection, workspace_id: str) -> str:
+    """The demo's Shopify store (the first one made)."""
+    return str(conn.execute(select(stores.c.id).where(stores.c.workspace_id == workspace_id)
+                            .order_by(stores.c.id)).scalars().first())
 
 
 def exists(conn: Connection) -> str | None:
@@ -70,6 +77,7 @@ def load(conn: Connection, *, now: datetime, contact_count: int = 300, seed: int
         conn.execute(insert(orders), rows["orders"])
         conn.execute(insert(order_lines), rows["lines"])
     conn.execute(insert(events), rows["events"])
+    identity.recompute_aggregates(conn, [c["id"] for c in rows["contacts"]], now)
     return {"workspace_id": ws, "store_ids": [shop["id"], woo["id"]], "contacts": contact_count,
             "orders": len(rows["orders"])}
 

@@ -70,6 +70,9 @@ def set_api_credentials(conn: Connection, who: Principal, store_id: str, *, base
     parts = urlsplit(base_url.strip())
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise InvalidInput.on("api_base_url", "must be the store's address, e.g. https://shop.example.com")
+    if row["platform"] == "woocommerce" and parts.scheme != "https":
+        raise InvalidInput.on("api_base_url", "WooCommerce accepts REST API keys only over https:// (over "
+                                              "http it demands OAuth 1.0a signatures, which Herald does not send)")
     needed = CREDENTIAL_FIELDS.get(row["platform"])
     if needed is None:
         raise InvalidInput.on("platform", f"backfill is not available for {row['platform']} stores "

@@ -5,7 +5,7 @@ Sources (checked, not guessed):
   * Webhook topics and sample payloads: the REST Webhook resource reference (shopify.dev, API
     2026-01: samples for orders/*, checkouts/*, customers/*, customers_email_marketing_consent/update,
     customers_marketing_consent/update, fulfillments/*, refunds/create, products/*). The fixtures in
-    tests/stores/payloads/shopify/ are those samples (each fixture's README line says what differs).
+    tests/stores/payloads/shopify/ are those samples (payloads/shopify/README.md says where one differs).
   * Changelog "New customer's webhook and changes to existing customer's webhooks payload"
     (2025-01): webhooks of API version 2025-01 and later carry no `tags`, `email_marketing_consent`
     or `sms_marketing_consent` in customer payloads (standalone or embedded in orders/checkouts);
@@ -28,7 +28,7 @@ topics (an order placement fires orders/create and orders/paid with the same eve
 is "<topic>|event:<id>"; without it "<topic>|webhook:<X-Shopify-Webhook-Id>" (constant across
 retries of one delivery); without either, "<topic>|sha256:<hex of body>".
 
-Field choices (also in the README):
+Field choices:
   * Money is shop money (`total_price`, `subtotal_price`, ... are in the shop currency `currency`).
   * Order placed_at = processed_at (the real date of imported orders), else created_at.
   * Line total = price x quantity - sum(discount_allocations) (- total_discount on old payloads).

@@ -28,7 +28,7 @@ Dedupe key: "<topic>|<X-WC-Webhook-Delivery-ID>|<sha256 of body, 32 hex>". The d
 of the webhook id and the current second, so two different deliveries of one webhook within the
 same second share it; the body hash keeps them apart while a byte-identical replay still collapses.
 
-Status mapping (Woo status -> financial_status / fulfillment_status), also in the README:
+Status mapping (Woo status -> financial_status / fulfillment_status):
   pending -> pending / None        on-hold -> pending / None (awaiting payment confirmation)
   processing -> paid / None        completed -> paid / fulfilled
   cancelled -> voided / None, cancelled_at = date_modified_gmt (Woo keeps no cancellation date)
@@ -39,7 +39,8 @@ Other choices: times are the *_gmt fields read as UTC (the non-gmt ones are site
 no offset); subtotal = sum of line totals (after discounts, before tax and shipping); discount
 codes = coupon_lines[].code; status_url = payment_url only while the order awaits payment
 (pending/failed/on-hold); embedded refunds [{id, total: "-10.00"}] become positive amounts with
-refunded_at = the order's date_modified_gmt (the payload has no refund date); WooCommerce core
+refunded_at = the order's date_modified_gmt (the payload has no refund date), and refunded_minor
+is their sum (None when a payload has no `refunds` field at all); WooCommerce core
 has no marketing consent, so consent is None; *.deleted topics translate to nothing (the history
 stays; erasure is a separate flow).
 """
