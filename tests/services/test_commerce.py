@@ -213,3 +213,20 @@ def test_invalid_values_are_reported_and_the_rest_lands(engine: Engine, shop: Sh
     with pytest.raises(BadPayload, match="order id"):
         apply(engine, shop, order("x" * 65))
     assert count(engine, refunds) == 0
+
+
+def test_an_older_customer_version_changes_nothing(engine: Engine, shop: Shop) -> None:
+    apply(engine, shop, buyer(first_name="Anna", source_updated_at=T0 + timedelta(hours=1)))
+    stale = apply(engine, shop, buyer(first_name="Ana", email="old@example.com", tags=["vip"],
+                                      source_updated_at=T0), now=T0 + timedelta(hours=2))
+    assert (stale.contacts, stale.unchanged) == (0, 1)
+    with engine.connect() as conn:
+        person = conn.execute(select(contacts)).mappings().one()
+        assert (person["first_name"], person["email"], person["tags"]) == ("Anna", "Ana@example.com", [])
+    # An order embedding the stale customer still lands on that contact.
+    apply(engine, shop, order(customer=buyer(first_name="Ana", source_updated_at=T0)))
+    newer = apply(engine, shop, buyer(first_name="Annabel", source_updated_at=T0 + timedelta(days=1)))
+    assert newer.contacts == 1
+    with engine.connect() as conn:
+        person = conn.execute(select(contacts)).mappings().one()
+        assert (person["first_name"], person["orders_count"]) == ("Annabel", 1)

@@ -133,6 +133,8 @@ contact_stores = Table(
     Column("store_id", String(ID), ForeignKey("stores.id", ondelete="CASCADE"), primary_key=True),
     _ws(),
     Column("created_at", UTCDateTime, nullable=False),
+    # The store's updated_at of the newest customer record applied: older deliveries change nothing.
+    Column("customer_updated_at", UTCDateTime, nullable=True),
     Index("ix_contact_stores_store", "store_id", "contact_id"),
 )
 
@@ -162,6 +164,8 @@ contact_merges = Table(
     Column("reason", String(200), nullable=False),
     Column("actor", String(200), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_contact_merges_kept", "workspace_id", "kept_contact_id", "id"),
+    Index("ix_contact_merges_merged", "workspace_id", "merged_contact_id"),
 )
 
 # Append-only: the current state is the latest row per (contact, channel, purpose, store).

@@ -11,6 +11,8 @@ Exactly-once and order-independence (G5):
 - every object is upserted by (store, external id); a stored version with a newer
   `source_updated_at` is never overwritten by an older delivery, and an identical version writes
   nothing (replays and re-imports are no-ops, counted as `unchanged`);
+- customers likewise: the store's updated_at of the newest customer version applied is kept per
+  (contact, store), and an older one only finds its contact (no profile, tag or identity change);
 - refunds are immutable and inserted once; an order's refunded amount is the larger of what the
   order payload says and the sum of its stored refunds;
 - a fulfilment or refund whose order is not stored yet raises MissingOrder *before anything is
@@ -33,7 +35,17 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from herald.db.tables import checkouts, events, fulfillments, order_lines, orders, products, refunds
+from herald.db.tables import (
+    checkouts,
+    contact_identities,
+    contact_stores,
+    events,
+    fulfillments,
+    order_lines,
+    orders,
+    products,
+    refunds,
+)
 from herald.domain.commerce import (
     CheckoutData,
     CustomerData,
@@ -46,6 +58,7 @@ from herald.domain.commerce import (
     StoreObject,
 )
 from herald.domain.connectors import BadPayload
+from herald.domain.contacts import IdentityKind
 from herald.domain.ids import new_id
 from herald.domain.money import from_minor
 from herald.services import consent, identity
@@ -232,9 +245,17 @@ def _people(conn: Connection, store: StoreInfo, batch: _Batch, now: datetime, so
     given += [(o.customer, f"order {o.external_id}") for o in batch.orders if o.customer is not None]
     given += [(c.customer, f"checkout {c.external_id}") for c in batch.checkouts if c.customer is not None]
     namespace = identity.store_namespace(store.id)
+    versions = _customer_versions(conn, store, [c for c, _ in given])
     normalized: list[tuple[CustomerData, identity.Person]] = []
     out: dict[int, _Person] = {}
     for customer, label in given:
+        held = versions.get(customer.external_id or "")
+        if held is not None and customer.source_updated_at is not None and customer.source_updated_at < held:
+            # An older version of this customer than the one applied: it only finds the contact.
+            person = identity.Person(external=[(namespace, customer.external_id or "")])
+            normalized.append((customer, person))
+            report.unchanged += 1
+            continue
         person, problems = identity.normalize_person(
             external=[(namespace, customer.external_id)] if customer.external_id else [],
             email=customer.email, phone=customer.phone, default_country=customer.country,
@@ -259,8 +280,40 @@ def _people(conn: Connection, store: StoreInfo, batch: _Batch, now: datetime, so
                     contact_id=result.contact_id, store_id=store.id, channel=channel, purpose="marketing",
                     state="granted" if granted else "withdrawn", source=source, recorded_at=min(when, now)))
     report.consents += consent.record_many(conn, store.workspace_id, changes)
+    _remember_versions(conn, store, [(out[id(c)].contact_id, c.source_updated_at) for c, _ in given
+                                     if c.external_id and c.source_updated_at and id(c) in out])
     report.contact_ids = [out[id(c)].contact_id or "" for c in batch.customers]
     return out
+
+
+def _customer_versions(conn: Connection, store: StoreInfo, given: list[CustomerData]) -> dict[str, datetime]:
+    """The store's customer id -> the updated_at of the newest version of it applied."""
+    ids = sorted({c.external_id for c in given if c.external_id and c.source_updated_at})
+    out: dict[str, datetime] = {}
+    i, s = contact_identities.c, contact_stores.c
+    for chunk in _chunks(ids):
+        rows = conn.execute(select(i.value, s.customer_updated_at)
+                            .join(contact_stores, (s.contact_id == i.contact_id) & (s.store_id == store.id))
+                            .where(i.workspace_id == store.workspace_id, i.kind == IdentityKind.EXTERNAL.value,
+                                   i.namespace == identity.store_namespace(store.id), i.value.in_(chunk),
+                                   s.customer_updated_at.is_not(None)))
+        out.update((r[0], r[1]) for r in rows)
+    return out
+
+
+def _remember_versions(conn: Connection, store: StoreInfo, seen: list[tuple[str | None, datetime | None]]) -> None:
+    newest: dict[str, datetime] = {}
+    for contact_id, when in seen:
+        if contact_id and when and (contact_id not in newest or when > newest[contact_id]):
+            newest[contact_id] = when
+    if not newest:
+        return
+    s = contact_stores.c
+    statement = (update(contact_stores)
+                 .where(s.contact_id == bindparam("_contact"), s.store_id == store.id,
+                        (s.customer_updated_at.is_(None)) | (s.customer_updated_at < bindparam("_when")))
+                 .values(customer_updated_at=bindparam("_when")))
+    conn.execute(statement, [{"_contact": c, "_when": w} for c, w in sorted(newest.items())])
 
 
 # ---- upserts -----------------------------------------------------------------------------------------

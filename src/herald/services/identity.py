@@ -459,10 +459,11 @@ def merge(conn: Connection, workspace_id: str, keep_id: str, merge_id: str, *, r
 def _move_store_links(conn: Connection, workspace_id: str, keep_id: str, merge_id: str) -> None:
     s = contact_stores.c
     have = set(conn.execute(select(s.store_id).where(s.contact_id == keep_id)).scalars())
-    moving = [r for r in conn.execute(select(s.store_id, s.created_at).where(s.contact_id == merge_id))
-              if r.store_id not in have]
+    moving = [r for r in conn.execute(select(s.store_id, s.created_at, s.customer_updated_at)
+                                      .where(s.contact_id == merge_id)) if r.store_id not in have]
     if moving:
         conn.execute(insert(contact_stores), [{"contact_id": keep_id, "store_id": r.store_id,
-                                               "workspace_id": workspace_id, "created_at": r.created_at}
+                                               "workspace_id": workspace_id, "created_at": r.created_at,
+                                               "customer_updated_at": r.customer_updated_at}
                                               for r in moving])
     conn.execute(delete(contact_stores).where(s.contact_id == merge_id))
