@@ -230,3 +230,16 @@ def test_an_older_customer_version_changes_nothing(engine: Engine, shop: Shop) -
     with engine.connect() as conn:
         person = conn.execute(select(contacts)).mappings().one()
         assert (person["first_name"], person["orders_count"]) == ("Annabel", 1)
+
+
+def test_each_channel_s_consent_is_dated_by_its_own_statement(engine: Engine, shop: Shop) -> None:
+    apply(engine, shop, buyer(consent_at=T0 - timedelta(days=1), sms_consent_at=T0 - timedelta(days=30)))
+    with engine.connect() as conn:
+        dated = {r["channel"]: r["recorded_at"] for r in all_rows(conn, consent_records)}
+    assert dated == {"email": T0 - timedelta(days=1), "sms": T0 - timedelta(days=30)}
+    # A withdrawal stated between the two does not lose to the older SMS grant when replayed.
+    apply(engine, shop, buyer(sms_marketing=True, consent_at=T0 - timedelta(days=1),
+                              sms_consent_at=T0 - timedelta(days=40)))
+    with engine.connect() as conn:
+        states = [(r["channel"], r["state"]) for r in all_rows(conn, consent_records)]
+    assert states == [("email", "granted"), ("sms", "withdrawn")]

@@ -334,7 +334,8 @@ def test_checkouts_update_with_both_marketing_boxes_ticked() -> None:
         external_id="981820079255243537", currency="USD", started_at=at(2022, 1, 1),
         customer=CustomerData(external_id="603851970716743426", email="john@example.com", phone="+16135550143",
                               first_name="John", last_name="Smith", country="CA", language="fr-CA",
-                              email_marketing=True, sms_marketing=True, consent_at=at(2022, 1, 1, 13, 15)),
+                              email_marketing=True, sms_marketing=True, consent_at=at(2022, 1, 1, 13, 15),
+                              sms_consent_at=at(2022, 1, 1, 13, 15)),
         token="123123123", subtotal_minor=39800, total_minor=42188, discount_codes=["WELCOME10"],
         lines=CHECKOUT_LINES, recovery_url=RECOVERY_URL, completed_at=at(2022, 1, 1, 13, 15),
         source_updated_at=at(2022, 1, 1, 13, 15))
@@ -389,7 +390,7 @@ def test_consent_states(state: str | None, expected: bool | None) -> None:
     assert consent_from_state(state) is expected
 
 
-def test_customer_consent_objects_become_booleans_with_the_earliest_stated_time() -> None:
+def test_customer_consent_objects_become_booleans_with_each_channel_s_time() -> None:
     def consents(data: dict[str, Any]) -> None:
         data["email_marketing_consent"] = {"state": "subscribed", "opt_in_level": "confirmed_opt_in",
                                            "consent_updated_at": "2024-03-01T10:00:00+01:00"}
@@ -398,7 +399,7 @@ def test_customer_consent_objects_become_booleans_with_the_earliest_stated_time(
                                          "consent_collected_from": "SHOPIFY"}
     customer = one(edited("customers_update", consents), "customers/update")
     assert (customer.email_marketing, customer.sms_marketing) == (True, False)
-    assert customer.consent_at == at(2024, 2, 1, 13, 0)
+    assert (customer.consent_at, customer.sms_consent_at) == (at(2024, 3, 1, 9, 0), at(2024, 2, 1, 13, 0))
 
 
 def test_email_marketing_consent_topic() -> None:
@@ -421,7 +422,7 @@ def test_sms_marketing_consent_topic() -> None:
                                              consent_updated_at="2026-04-30T12:00:00Z")
     assert one(edited("customers_marketing_consent_update", granted), "customers_marketing_consent/update") == (
         CustomerData(external_id="706405506930370084", phone="+16135550143", sms_marketing=True,
-                     consent_at=at(2026, 4, 30, 12)))
+                     sms_consent_at=at(2026, 4, 30, 12)))
 
 
 # ---- fulfilments, refunds, products ------------------------------------------------------------------------

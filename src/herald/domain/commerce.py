@@ -28,7 +28,8 @@ class CustomerData:
     # Marketing consent as the platform reports it: True granted, False withdrawn, None unknown.
     email_marketing: bool | None = None
     sms_marketing: bool | None = None
-    consent_at: datetime | None = None
+    consent_at: datetime | None = None  # when email consent (and SMS, unless sms_consent_at) was stated
+    sms_consent_at: datetime | None = None
     created_at: datetime | None = None
     source_updated_at: datetime | None = None
 

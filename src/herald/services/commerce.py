@@ -272,9 +272,10 @@ def _people(conn: Connection, store: StoreInfo, batch: _Batch, now: datetime, so
     for (customer, person), result in zip(normalized, resolved, strict=True):
         out[id(customer)] = _Person(result.contact_id, person.email, person.phone)
         report.contacts += result.changed
-        when = customer.consent_at or customer.source_updated_at or now
-        for channel, granted, reachable in (("email", customer.email_marketing, person.email),
-                                            ("sms", customer.sms_marketing, person.phone)):
+        email_at = customer.consent_at or customer.source_updated_at or now
+        sms_at = customer.sms_consent_at or email_at
+        for channel, granted, reachable, when in (("email", customer.email_marketing, person.email, email_at),
+                                                  ("sms", customer.sms_marketing, person.phone, sms_at)):
             if granted is not None and reachable:
                 changes.append(consent.ConsentChange(
                     contact_id=result.contact_id, store_id=store.id, channel=channel, purpose="marketing",

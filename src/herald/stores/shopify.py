@@ -268,7 +268,8 @@ def customer_from(raw: Json, *, field: str = "customer", email: Any = None, phon
         tags=_tags(raw.get("tags")),
         email_marketing=email_marketing,
         sms_marketing=sms_marketing,
-        consent_at=_consent_time((email_marketing, email_at), (sms_marketing, sms_at)),
+        consent_at=email_at if email_marketing is not None else None,
+        sms_consent_at=sms_at if sms_marketing is not None else None,
         created_at=_time(raw.get("created_at"), f"{field}.created_at"),
         source_updated_at=_time(raw.get("updated_at"), f"{field}.updated_at"),
     )
@@ -296,14 +297,6 @@ def _sms_consent(raw: Json, field: str, checkbox: Any, checkbox_at: datetime | N
         return consent_from_state(consent.get("state")), _time(
             consent.get("consent_updated_at"), f"{field}.sms_marketing_consent.consent_updated_at")
     return _checkbox(checkbox), checkbox_at
-
-
-def _consent_time(*stated: tuple[bool | None, datetime | None]) -> datetime | None:
-    """CustomerData has one consent time for both channels: the earliest time of a channel that
-    says something. Never later than the truth, so a stale statement cannot look newer than a
-    withdrawal recorded since (a too-early time can only lose to a newer record)."""
-    times = [at for state, at in stated if state is not None and at is not None]
-    return min(times) if times else None
 
 
 def line_from(raw: Any, currency: str, field: str) -> LineData:
@@ -567,7 +560,7 @@ def _sms_consent_topic(raw: Json, store: StoreInfo) -> list[StoreObject]:
     state = consent_from_state(consent.get("state"))
     at = _time(consent.get("consent_updated_at"), "sms_marketing_consent.consent_updated_at")
     return [CustomerData(external_id=_id(raw.get("id"), "id"), phone=_str(raw.get("phone")),
-                         sms_marketing=state, consent_at=at if state is not None else None)]
+                         sms_marketing=state, sms_consent_at=at if state is not None else None)]
 
 
 def _fulfillment_topic(raw: Json, store: StoreInfo) -> list[StoreObject]:
