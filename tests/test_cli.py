@@ -149,3 +149,93 @@ def test_contacts_show_and_merge(cli_env: dict[str, str], database_url: str) -> 
     assert "Traceback" not in proc.stderr
     proc = run(cli_env, "contacts", "merge", keep, keep, "--reason", "x", ok=False)
     assert proc.returncode == 1 and "itself" in proc.stderr
+
+
+# ---- CSV imports (issue 3) ----------------------------------------------------------------------
+def _import_setup(cli_env: dict[str, str], slug: str) -> str:
+    run(cli_env, "migrate")
+    run(cli_env, "workspace", "create", "--name", "Importer", "--slug", slug)
+    added = run(cli_env, "stores", "add", "--workspace", slug, "--name", "Shop", "--platform", "shopify",
+                "--currency", "USD", "--json")
+    return str(json.loads(added.stdout)["id"])
+
+
+def test_import_contacts_errors_and_rerun(cli_env: dict[str, str], tmp_path: Path) -> None:
+    store = _import_setup(cli_env, "importer")
+    path = tmp_path / "customers.csv"
+    path.write_bytes("Email,Phone,First Name,Accepts Marketing\r\n"
+                     "ana@example.com,(415) 555-0181,Ána,yes\r\n"
+                     "nope,,Bo,no\r\n"
+                     "cy@example.com,,\"Cy\r\nCe\",\r\n".encode("cp1252"))
+    first = json.loads(run(cli_env, "import", "contacts", str(path), "--store", store, "--default-country", "US",
+                           "--json").stdout)
+    assert (first["state"], first["encoding"], first["rows_ok"], first["rows_failed"]) == ("completed", "cp1252", 2, 1)
+    report = tmp_path / "errors.csv"
+    run(cli_env, "import", "errors", first["id"], "--out", str(report))
+    lines = report.read_text().splitlines()
+    assert lines[0] == "line,column,value,reason" and lines[1].startswith("3,Email,nope,")
+    again = json.loads(run(cli_env, "import", "contacts", str(path), "--store", store, "--default-country", "US",
+                           "--json").stdout)
+    assert (again["rows_ok"], again["rows_unchanged"], again["rows_failed"]) == (0, 2, 1)
+    shown = run(cli_env, "import", "status", first["id"]).stdout
+    assert "completed: 2 contacts imported or updated, 0 unchanged, 1 failed" in " ".join(shown.split())
+    proc = run(cli_env, "import", "contacts", str(path), "--store", store, "--map", "Nope=email", ok=False)
+    assert proc.returncode == 1 and "not in the header" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_import_resumes_after_kill_9(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """SIGKILL in the middle of an import, then --resume: every row exactly once."""
+    import sqlite3
+
+    from sqlalchemy import func, select
+
+    from herald.db.engine import make_engine
+    from herald.db.tables import contacts, imports
+
+    store = _import_setup(cli_env, "killed")
+    rows = 3000
+    path = tmp_path / "big.csv"
+    path.write_text("email,first_name,accepts_marketing\n"
+                    + "".join(f"u{i}@example.com,U{i},{'yes' if i % 2 else 'no'}\n" for i in range(rows)))
+    url = cli_env["HERALD_DATABASE_URL"]
+    engine = make_engine(url)
+
+    def progress() -> tuple[str, str, int] | None:
+        """Read without taking SQLite's write lock (the engine begins IMMEDIATE; a WAL reader waits for nobody)."""
+        if url.startswith("sqlite:///"):
+            con = sqlite3.connect(f"file:{url[len('sqlite:///'):]}?mode=ro", uri=True)
+            try:
+                return con.execute("SELECT id, state, rows_ok FROM imports").fetchone()  # type: ignore[no-any-return]
+            finally:
+                con.close()
+        with engine.begin() as conn:
+            found = conn.execute(select(imports.c.id, imports.c.state, imports.c.rows_ok)).first()
+        return None if found is None else (found.id, found.state, found.rows_ok)
+
+    proc = subprocess.Popen([*HERALD, "import", "contacts", str(path), "--store", store, "--batch-rows", "7",
+                             "--json"], env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        seen = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            seen = progress()
+            if seen is not None and seen[2] >= 70:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, "the import ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        killed = progress()
+        assert seen is not None and killed is not None
+        assert killed[1] == "running" and 70 <= killed[2] < rows
+        done = json.loads(run(cli_env, "import", "contacts", str(path), "--resume", seen[0], "--json").stdout)
+        assert (done["state"], done["rows_ok"], done["rows_unchanged"], done["rows_failed"]) == (
+            "completed", rows, 0, 0)
+        with engine.begin() as conn:
+            assert conn.execute(select(func.count()).select_from(contacts)).scalar_one() == rows
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        engine.dispose()

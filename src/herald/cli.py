@@ -46,10 +46,10 @@ def clear_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except SettingsError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except HeraldError as exc:
-            err.print(f"[red]error:[/red] {exc.detail}", highlight=False)
+            err.print(f"[red]error:[/red] {exc.detail}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
     return wrapper  # type: ignore[return-value]
 
@@ -134,15 +134,20 @@ def demo_cmd(
         loaded = None if ws else demo.load(conn, now=now, contact_count=contacts)
         ws = ws or (loaded or {})["workspace_id"]
         row, key = apikeys.create_key(conn, workspace_id=ws, store_id=None, name="demo", now=now)
+        shop = demo.first_store(conn, ws)
+        _, write_key = store_connections.create_write_key(conn, Principal(row["id"], ws, None), shop)
     base = c.settings.public_base_url
     if as_json:
         out.print_json(json.dumps({"workspace_id": ws, "api_key": key, "api_key_id": row["id"],
-                                   "loaded": loaded}))
+                                   "store_id": shop, "write_key": write_key, "loaded": loaded}))
         return
     out.print(f"demo workspace {ws}: " + (f"loaded {loaded['contacts']} contacts, "
                                           f"{loaded['orders']} orders in 2 stores" if loaded else "already loaded"))
     out.print(f"demo API key (shown once): [bold]{key}[/bold]")
     out.print(f"try: curl -H 'Authorization: Bearer {key}' {base}/api/v1/contacts", soft_wrap=True)
+    out.print(f"Segment-spec write key of store {shop} (shown once): [bold]{write_key}[/bold]")
+    out.print(f"try: curl -u '{write_key}:' -H 'Content-Type: application/json' "
+              f"-d '{{\"userId\": \"u-1\", \"event\": \"Viewed Product\"}}' {base}/v1/track", soft_wrap=True)
 
 
 @apikey_app.command("create")
@@ -461,6 +466,182 @@ def contacts_merge(
     else:
         out.print(f"merged {merged} into {keep}", highlight=False)
         _print_contact(row, [], False)
+
+
+# ---- CSV imports (issue 3) ----------------------------------------------------------------------
+import_app = typer.Typer(help="Import contacts and orders from CSV files (resumable; re-running changes nothing).",
+                         no_args_is_help=True)
+app.add_typer(import_app, name="import")
+MapOption = Annotated[list[str] | None, typer.Option(
+    "--map", help="COLUMN=FIELD, repeatable: override the detected mapping (FIELD 'ignore' drops a column, "
+                  "'attributes' or 'attributes.KEY' keeps it as an attribute, '*=attributes' keeps every "
+                  "unmapped column)")]
+CountryOption = Annotated[str | None, typer.Option(help="country of phone numbers written without +code, e.g. US")]
+EncodingOption = Annotated[str, typer.Option(help="auto (BOM, else UTF-8, else cp1252), or a codec: utf-8, "
+                                                  "utf-16, cp1252, latin-1, ...")]
+ResumeOption = Annotated[str | None, typer.Option(help="continue an interrupted import (imp_…) of this same file")]
+
+
+def _import_principal(conn: Any, import_id: str) -> Principal:
+    from herald.db.tables import imports as imports_table
+
+    ws = conn.execute(select(imports_table.c.workspace_id).where(imports_table.c.id == import_id)).scalar()
+    if ws is None:
+        raise NotFound(f"no import {import_id!r}")
+    return Principal("cli", ws, None)
+
+
+def _parse_map(pairs: list[str] | None) -> dict[str, str]:
+    mapping: dict[str, str] = {}
+    for pair in pairs or []:
+        column, sep, field = pair.rpartition("=")
+        if not sep or not column.strip():
+            raise InvalidInput.on("--map", f"{pair!r} is not COLUMN=FIELD (e.g. --map 'E-mail=email')")
+        mapping[column.strip()] = field.strip()
+    return mapping
+
+
+def _run_import(kind: str, file: Any, store: str | None, mapping: list[str] | None, default_country: str | None,
+                encoding: str, resume: str | None, as_json: bool, batch_rows: int | None) -> None:
+    from pathlib import Path
+
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    from herald.services import imports
+
+    c = _container()
+    path = Path(file).resolve()
+    now = c.clock.now()
+    if resume:
+        with c.engine.begin() as conn:
+            who = _import_principal(conn, resume)
+        row = imports.prepare_resume(c.engine, who, resume, path, kind=kind, now=now)
+    else:
+        if not store:
+            raise InvalidInput.on("--store", "name the store the rows belong to (st_…; see `herald stores list`)")
+        facts = imports.inspect_file(path, encoding)
+        with c.engine.begin() as conn:
+            who = _workspace_principal(conn, store)
+            row = imports.create(conn, who, kind=kind, store_id=store, path=path, source_name=path.name, facts=facts,
+                                 mapping=_parse_map(mapping), default_country=default_country, now=now)
+        if not as_json:
+            shown = ", ".join(f"{col['column']}→{col['field']}" for col in row["mapping"]["columns"])
+            err.print(f"import {row['id']}: {facts.encoding}, delimiter {facts.delimiter!r}; columns: {shown}",
+                      highlight=False, markup=False, soft_wrap=True)
+    started = row["offset"]
+    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), DownloadColumn(),
+               TransferSpeedColumn(), TextColumn("{task.fields[rows]:,} rows {task.fields[rate]:,.0f}/s"),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, disable=as_json or not err.is_terminal) as progress:
+        task = progress.add_task(kind, total=row["size_bytes"], completed=started, rows=0, rate=0.0)
+        clock_start = progress.get_time()
+        rows_before = row["rows_ok"] + row["rows_unchanged"] + row["rows_failed"]  # a resumed import's earlier rows
+
+        def advance(offset: int, rows: int) -> None:
+            elapsed = max(progress.get_time() - clock_start, 1e-6)
+            progress.update(task, completed=offset, rows=rows, rate=(rows - rows_before) / elapsed)
+
+        try:
+            done = imports.run(c.engine, row["id"], c.clock, progress=advance, batch_rows=batch_rows)
+        except KeyboardInterrupt:
+            err.print(f"interrupted; continue with: herald import {kind} {file} --resume {row['id']}",
+                      highlight=False, markup=False, soft_wrap=True)
+            raise typer.Exit(130) from None
+        except HeraldError:
+            raise
+        except Exception as exc:
+            raise HeraldError(f"import {row['id']} stopped: {type(exc).__name__}: {exc}; continue with: "
+                              f"herald import {kind} {file} --resume {row['id']}") from None
+    _print_import(done, as_json)
+
+
+def _print_import(row: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({k: row.get(k) for k in ("id", "kind", "store_id", "state", "rows_ok", "rows_unchanged",
+                                                   "rows_failed", "encoding", "line", "offset", "size_bytes",
+                                                   "error")}))
+        return
+    unit = "contacts" if row["kind"] == "contacts" else "orders"
+    out.print(f"import {row['id']} {row['state']}: {row['rows_ok']} {unit} imported or updated, "
+              f"{row['rows_unchanged']} unchanged, {row['rows_failed']} failed", highlight=False, soft_wrap=True)
+    if row["rows_failed"] or row.get("error"):
+        out.print(f"error report: herald import errors {row['id']} --out errors.csv", highlight=False)
+
+
+@import_app.command("contacts")
+@clear_errors
+def import_contacts(
+    file: Annotated[str, typer.Argument(help="the CSV file")],
+    store: Annotated[str | None, typer.Option(help="the store the contacts belong to (st_…)")] = None,
+    mapping: MapOption = None,
+    default_country: CountryOption = None,
+    encoding: EncodingOption = "auto",
+    resume: ResumeOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+    batch_rows: Annotated[int | None, typer.Option(hidden=True, min=1, max=100_000)] = None,
+) -> None:
+    """Import contacts (email, phone, names, country, tags, consent columns, ...) from a CSV file."""
+    _run_import("contacts", file, store, mapping, default_country, encoding, resume, as_json, batch_rows)
+
+
+@import_app.command("orders")
+@clear_errors
+def import_orders(
+    file: Annotated[str, typer.Argument(help="the CSV file (one row per order, or per line item)")],
+    store: Annotated[str | None, typer.Option(help="the store the orders belong to (st_…)")] = None,
+    mapping: MapOption = None,
+    default_country: CountryOption = None,
+    encoding: EncodingOption = "auto",
+    resume: ResumeOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+    batch_rows: Annotated[int | None, typer.Option(hidden=True, min=1, max=100_000)] = None,
+) -> None:
+    """Import orders (id, customer email/id, currency, total, date, status, line items) from a CSV file."""
+    _run_import("orders", file, store, mapping, default_country, encoding, resume, as_json, batch_rows)
+
+
+@import_app.command("status")
+@clear_errors
+def import_status(import_id: Annotated[str, typer.Argument(help="import id (imp_…)")],
+                  as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """An import's state and counters."""
+    from herald.services import imports
+
+    c = _container()
+    with c.engine.begin() as conn:
+        row = imports.get_import(conn, _import_principal(conn, import_id), import_id)
+    _print_import(row, as_json)
+
+
+@import_app.command("errors")
+@clear_errors
+def import_errors_cmd(
+    import_id: Annotated[str, typer.Argument(help="import id (imp_…)")],
+    out_file: Annotated[str | None, typer.Option("--out", help="write the CSV here (default: standard output)")] = None,
+) -> None:
+    """The per-row error report of an import, as CSV: line, column, value, reason."""
+    from herald.services import imports
+
+    c = _container()
+    with c.engine.begin() as conn:
+        imports.get_import(conn, _import_principal(conn, import_id), import_id)
+    if out_file is None:
+        for chunk in imports.error_csv(c.engine, import_id):
+            sys.stdout.write(chunk)
+        return
+    with open(out_file, "w", encoding="utf-8", newline="") as fh:
+        for chunk in imports.error_csv(c.engine, import_id):
+            fh.write(chunk)
+    err.print(f"wrote {out_file}", highlight=False)
 
 
 def main() -> None:

@@ -35,8 +35,12 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = False
 
+    data_dir: Path | None = Field(default=None, description="where CSV uploads wait for their import; "
+                                   "default: the SQLite database's directory, else var/")
+
     # API
     max_request_bytes: int = Field(default=1_048_576, ge=1024)
+    max_upload_bytes: int = Field(default=2 * 1024**3, ge=1024, description="CSV uploads (POST /api/v1/imports)")
     idempotency_ttl_hours: int = Field(default=24, ge=24)
     idempotency_lock_seconds: int = Field(default=60, ge=1)
 

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from herald.api.app import create_app
 from herald.bootstrap import Container
-from herald.db.tables import webhook_deliveries
+from herald.db.tables import imports, webhook_deliveries
 from herald.domain.auth import Principal
 from herald.domain.ids import new_id
 from herald.services import apikeys, contacts, workspaces
@@ -69,6 +69,11 @@ def world(container: Container) -> World:
                     id=delivery, workspace_id=ws["id"], store_id=store["id"], platform="shopify",
                     topic="orders/create", dedupe_key=f"orders/create|event:{name}", headers={}, body=b"{}",
                     status="received", received_at=now))
+                upload = new_id("imp")
+                conn.execute(imports.insert().values(
+                    id=upload, workspace_id=ws["id"], store_id=store["id"], kind="contacts", source_name="x.csv",
+                    path=f"/nonexistent/{upload}.csv", sha256="0" * 64, size_bytes=0, state="pending",
+                    created_at=now, updated_at=now))
                 w.ids[name] = {"store": store["id"], "contact": contact["id"], "api_key": caller.key_id,
-                               "delivery": delivery}
+                               "delivery": delivery, "import": upload}
     return w

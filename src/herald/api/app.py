@@ -15,6 +15,7 @@ from herald.api import problems
 from herald.api.deps import Replay
 from herald.api.limits import BodySizeLimit, NoNulInUrl
 from herald.api.routes import apikeys, contacts, deliveries, hooks, meta, stores
+from herald.api.routes import imports as imports_routes
 from herald.api.routes import segment as segment_routes
 from herald.bootstrap import Container
 
@@ -44,10 +45,12 @@ def create_app(container: Container, *, background: Background | None = None) ->
     app.state.container = container
     problems.install(app)
     app.add_exception_handler(Replay, _replay)  # type: ignore[arg-type]
-    app.add_middleware(BodySizeLimit, max_bytes=container.settings.max_request_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=container.settings.max_request_bytes,
+                       paths={"/api/v1/imports": container.settings.max_upload_bytes})
     app.add_middleware(NoNulInUrl)
     for router in (contacts.router, stores.router, apikeys.router, deliveries.router):
         app.include_router(router, prefix="/api/v1")
+    app.include_router(imports_routes.router, prefix="/api/v1")  # CSV imports (upload, status, error report)
     app.include_router(meta.router)
     app.include_router(hooks.router)  # POST /hooks/{platform}/{store_id}: signed store webhooks
     segment_routes.install(app, container)  # /v1/* Segment-spec ingestion + its group-commit writer

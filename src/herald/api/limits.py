@@ -11,17 +11,21 @@ from herald.api.problems import problem, respond
 
 
 class BodySizeLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    """`paths` gives some exact paths their own limit (file uploads)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, paths: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.paths = paths or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.paths.get(scope.get("path", ""), self.max_bytes)
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await respond(self._problem(scope))(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await respond(self._problem(scope, limit))(scope, receive, send)
             return
         seen = 0
 
@@ -30,15 +34,15 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > limit:
                     # An HTTPException passes through FastAPI's body parsing unchanged.
-                    raise HTTPException(413, self._problem(scope)["detail"])
+                    raise HTTPException(413, self._problem(scope, limit)["detail"])
             return message
 
         await self.app(scope, counted, send)
 
-    def _problem(self, scope: Scope) -> dict[str, Any]:
-        return problem(413, f"the request body is larger than {self.max_bytes} bytes; "
+    def _problem(self, scope: Scope, limit: int) -> dict[str, Any]:
+        return problem(413, f"the request body is larger than {limit} bytes; "
                             "send smaller batches", slug="too-large", instance=scope.get("path"))
 
 

@@ -242,3 +242,44 @@ class WebhookDeliveryOut(BaseModel):
     duplicates: int = Field(description="how many replays of this delivery arrived (and changed nothing)")
     received_at: datetime
     processed_at: datetime | None
+
+
+# ---- CSV imports (issue 3) ------------------------------------------------------------------------
+class ImportColumn(BaseModel):
+    index: int = Field(description="0-based position in the header")
+    column: str = Field(description="the header's name for it")
+    field: str = Field(description="what it is imported as, e.g. email, phone, tags, attributes.tier")
+
+
+class ImportOut(BaseModel):
+    id: str
+    store_id: str | None
+    kind: str = Field(description="contacts or orders")
+    state: str = Field(description="pending, running, completed, failed (resumable) or cancelled")
+    source_name: str = Field(description="the uploaded file's name")
+    size_bytes: int
+    bytes_done: int = Field(description="byte offset of the last committed batch (the resume checkpoint)")
+    line: int = Field(description="physical line number of the last committed batch")
+    encoding: str | None = Field(description="detected or given, e.g. utf-8, utf-8-sig, utf-16, cp1252")
+    delimiter: str | None = None
+    default_country: str | None = None
+    mapping: list[ImportColumn] = Field(description="the columns imported (detected, then overridden)")
+    rows_ok: int = Field(description="rows (orders, for an order import) that created or changed something")
+    rows_unchanged: int = Field(description="rows already imported exactly so (a re-run changes nothing)")
+    rows_failed: int = Field(description="rows not imported; see the error report")
+    errors: int | None = Field(default=None, description="entries in the error report (also values dropped "
+                                                         "from rows that were imported); not given in lists")
+    error: str | None = Field(description="why the import stopped, if it did")
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_row(cls, data: Any) -> Any:
+        """An `imports` row keeps the checkpoint and options in its own shape."""
+        if isinstance(data, dict) and "offset" in data:
+            options = data.get("options") or {}
+            data = {**data, "bytes_done": data["offset"], "mapping": (data.get("mapping") or {}).get("columns", []),
+                    "delimiter": options.get("delimiter"), "default_country": options.get("default_country")}
+        return data

@@ -336,8 +336,11 @@ def _upsert(conn: Connection, table: Any, store: StoreInfo, rows: list[dict[str,
             if "updated_at" in table.c:
                 row["updated_at"] = now
             fresh.append(row)
-        elif ("source_updated_at" in row and not _newer_or_same(row["source_updated_at"], held["source_updated_at"])) \
-                or (row["external_id"] not in force and all(held[k] == v for k, v in row.items())):
+            continue
+        if row.get("source_updated_at", True) is None:
+            row["source_updated_at"] = held["source_updated_at"]  # a source without versions (CSV) keeps ours
+        stale = "source_updated_at" in row and not _newer_or_same(row["source_updated_at"], held["source_updated_at"])
+        if stale or (row["external_id"] not in force and all(held[k] == v for k, v in row.items())):
             unchanged += 1
         else:
             row["id"] = held["id"]
@@ -385,8 +388,10 @@ def _write_orders(conn: Connection, store: StoreInfo, given: list[OrderData], pe
     by_ext = {o.external_id: o for o in given}
     before = _existing(conn, orders, store.id, by_ext)
     stored_lines = _lines_of(conn, [row["id"] for row in before.values()])
+    # Lines are compared as a multiset: their ids (ULIDs made in one millisecond) do not keep their order.
     relined = frozenset(ext for ext, held in before.items()
-                        if stored_lines.get(held["id"], []) != [_line_tuple(x) for x in by_ext[ext].lines])
+                        if sorted(map(repr, stored_lines.get(held["id"], [])))
+                        != sorted(repr(_line_tuple(x)) for x in by_ext[ext].lines))
     written, unchanged, _ = _upsert(conn, orders, store, rows, "ord", now, before=before, force=relined)
     report.orders += len(written)
     report.unchanged += unchanged

@@ -12,6 +12,7 @@ from herald.bootstrap import Container
 from herald.db import jobs as jobs_db
 from herald.domain.jobs import Fail, Outcome, Retry
 from herald.services import idempotency, intake
+from herald.services import imports as csv_imports
 from herald.services import segment as segment_intake
 from herald.worker.engine import Worker
 from herald.worker.registry import JobContext, JobKind, Registry
@@ -53,11 +54,17 @@ def build_registry(container: Container) -> Registry:
         log.info("webhook_processed", delivery_id=payload["delivery_id"], status=result.status)
         return None
 
+    async def intake_import(_ctx: JobContext, payload: dict[str, Any]) -> Outcome:
+        """Run (or resume) an uploaded CSV import (services/imports.py)."""
+        return await csv_imports.run_job(container.engine, container.clock, payload["import_id"])
+
     return Registry([
         JobKind("maintenance.prune", prune, max_attempts=3, every=timedelta(hours=1)),
         # Enqueued by the event writer for each second with ingestion; periodic as a safety net.
         JobKind(segment_intake.INTAKE_JOB, intake_events, every=timedelta(seconds=2)),
         JobKind(intake.JOB_KIND, intake_webhook, max_attempts=25),
+        JobKind(csv_imports.JOB_KIND, intake_import, max_attempts=csv_imports.JOB_ATTEMPTS,
+                timeout_seconds=csv_imports.JOB_TIMEOUT_SECONDS),
         # Diagnostics: `herald jobs probe` and bench/engine.py measure the engine with these.
         JobKind("diag.noop", _noop),
         JobKind("diag.sleep", _sleep, timeout_seconds=MAX_DIAG_SLEEP + 60),
