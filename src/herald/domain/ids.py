@@ -17,15 +17,21 @@ PREFIXES = frozenset(
 )
 
 
+_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]  # 10 bits -> 2 characters
+_head: tuple[int, str] = (-1, "")
+
+
 def ulid(now_ms: int | None = None) -> str:
     """26 characters of Crockford base32: 48 bits of milliseconds then 80 random bits."""
+    global _head
     ms = int(time.time() * 1000) if now_ms is None else now_ms
-    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    if _head[0] != ms:  # the time part (2 zero bits + 48 bits = 10 characters), once per millisecond
+        _head = (ms, "".join(_PAIRS[(ms >> shift) & 1023] for shift in (40, 30, 20, 10, 0)))
+    head = _head[1]
+    r = int.from_bytes(os.urandom(10), "big")
+    p = _PAIRS
+    return (head + p[r >> 70] + p[(r >> 60) & 1023] + p[(r >> 50) & 1023] + p[(r >> 40) & 1023]
+            + p[(r >> 30) & 1023] + p[(r >> 20) & 1023] + p[(r >> 10) & 1023] + p[r & 1023])
 
 
 def new_id(prefix: str) -> str:

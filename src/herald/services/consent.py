@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, func, insert, select
+from sqlalchemy import Connection, func, select
 
+from herald.db.bulk import insert_many
 from herald.db.tables import consent_records
 
 CHANNELS = ("email", "sms", "whatsapp", "push")
@@ -63,7 +64,7 @@ def record_many(conn: Connection, workspace_id: str, changes: Sequence[ConsentCh
                      "ip": change.ip, "user_agent": (change.user_agent or None) and change.user_agent[:512],
                      "recorded_at": change.recorded_at})
     if rows:
-        conn.execute(insert(consent_records), rows)
+        insert_many(conn, consent_records, rows)
     return len(rows)
 
 

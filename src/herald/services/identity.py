@@ -32,8 +32,8 @@ from typing import Any
 
 import structlog
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
+from herald.db.bulk import insert_many
 from herald.db.tables import (
     checkouts,
     consent_records,
@@ -315,19 +315,17 @@ def _apply_person(state: dict[str, Any], person: Person, held: set[Key]) -> None
 _MISSING = object()
 
 
-def _insert(conn: Connection) -> Any:
-    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-
-
 def _write_identities(conn: Connection, plan: _Plan) -> bool:
     """Insert the new contacts and identities. False (and everything undone) when a concurrent
     writer took one of the identities first: the caller then plans the batch again."""
     if plan.new_contacts:
-        conn.execute(insert(contacts), [plan.states[i] for i in plan.new_contacts])
+        insert_many(conn, contacts, [plan.states[i] for i in plan.new_contacts])
     if not plan.new_identities:
         return True
-    conn.execute(_insert(conn)(contact_identities).on_conflict_do_nothing(), plan.new_identities)
+    inserted = insert_many(conn, contact_identities, plan.new_identities, ignore_conflicts=True)
     ids = [r["id"] for r in plan.new_identities]
+    if inserted == len(ids):  # the driver counted every row in: no concurrent writer took any
+        return True
     stored: set[str] = set()
     for chunk in _chunks(ids):
         stored.update(conn.execute(select(contact_identities.c.id).where(contact_identities.c.id.in_(chunk)))
@@ -353,9 +351,8 @@ def _write_contacts(conn: Connection, workspace_id: str, store_id: str | None, p
                                   **{f"_{name}": plan.states[i][name] for name in _UPDATED}}
                                  for i in sorted(plan.changed_contacts)])
     if store_id and plan.new_links:
-        conn.execute(_insert(conn)(contact_stores).on_conflict_do_nothing(),
-                     [{"contact_id": i, "store_id": store_id, "workspace_id": workspace_id, "created_at": now}
-                      for i in plan.new_links])
+        insert_many(conn, contact_stores, [{"contact_id": i, "store_id": store_id, "workspace_id": workspace_id,
+                                            "created_at": now} for i in plan.new_links], ignore_conflicts=True)
 
 
 def _chunks(values: Sequence[str] | Iterable[str]) -> Iterator[list[str]]:
