@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run install test test-fast lint bench clean
+.PHONY: run install test test-fast lint bench bench-ingest clean
 
 run: $(STAMP)  ## install, migrate the SQLite file, load demo data, serve on http://127.0.0.1:8000
 	$(BIN)/herald migrate
@@ -33,6 +33,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)  ## work-engine throughput on SQLite (and PostgreSQL if HERALD_BENCH_DATABASE_URL is set)
 	$(BIN)/python bench/engine.py
+
+bench-ingest: $(STAMP)  ## Segment-spec events/s beside a bare endpoint, and 1M-row CSV import (about 20 min; --quick: 1 min)
+	$(BIN)/python bench/ingest.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache .mypy_cache .ruff_cache
