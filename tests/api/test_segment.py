@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import uvicorn
 from rudderstack.analytics import Client as RudderClient
@@ -212,6 +213,19 @@ def test_message_id_replay_is_accepted_and_stored_once(server: Server, container
     client.track("u-1", "Paid", message_id="m-1")
     assert _run(client) == []
     assert [(e["name"], e["dedupe_key"]) for e in _events(container.engine)] == [("Paid", "m-1")]
+
+
+def test_a_large_batch_spans_several_statements_and_keeps_every_event_once(server: Server,
+                                                                          container: Container) -> None:
+    messages = [{"type": "track", "userId": f"u-{i % 7}", "event": "Viewed", "messageId": f"big-{i}"}
+                for i in range(segment.STATEMENT_ROWS * 2 + 17)]
+    messages.append({**messages[3], "event": "Viewed again"})  # a replay inside the same batch
+    body = orjson.dumps({"batch": messages})
+    assert server.post("/v1/batch", body).json() == {"success": True}
+    stored = _events(container.engine)
+    assert len(stored) == segment.STATEMENT_ROWS * 2 + 17
+    assert len({e["dedupe_key"] for e in stored}) == len(stored)
+    assert {e["name"] for e in stored} == {"Viewed"}
 
 
 def test_sent_at_corrects_the_device_clock(server: Server, container: Container) -> None:

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -288,35 +289,50 @@ class EventIds:
 
 
 # ---- storing ------------------------------------------------------------------------------
-_SQLITE_INSERT = ("INSERT INTO events (id, workspace_id, store_id, name, source, dedupe_key, properties, "
-                  "occurred_at, received_at, kind, user_id, anonymous_id) "
-                  "VALUES (?, ?, ?, ?, 'segment', ?, ?, ?, ?, ?, ?, ?) "
-                  "ON CONFLICT (workspace_id, source, dedupe_key) DO NOTHING")
-_PG_INSERT = ("INSERT INTO events (id, workspace_id, store_id, name, source, dedupe_key, properties, "
-              "occurred_at, received_at, kind, user_id, anonymous_id) "
-              "VALUES (%s, %s, %s, %s, 'segment', %s, CAST(%s AS jsonb), %s, %s, %s, %s, %s) "
-              "ON CONFLICT (workspace_id, source, dedupe_key) DO NOTHING")
+_COLUMNS = ("INSERT INTO events (id, workspace_id, store_id, name, source, dedupe_key, properties, "
+            "occurred_at, received_at, kind, user_id, anonymous_id) VALUES ")
+_SQLITE_ROW = "(?, ?, ?, ?, 'segment', ?, ?, ?, ?, ?, ?, ?)"
+_PG_ROW = "(%s, %s, %s, %s, 'segment', %s, CAST(%s AS jsonb), %s, %s, %s, %s, %s)"
+_ON_CONFLICT = " ON CONFLICT (workspace_id, source, dedupe_key) DO NOTHING"
+# Rows per INSERT statement. One multi-row statement instead of executemany: sqlite3 releases and
+# re-takes the GIL around every executemany row, so beside a busy event loop each row waited for
+# the GIL; 500 rows x 11 parameters stays far below both databases' parameter limits.
+STATEMENT_ROWS = 500
 
 
 def _sqlite_time(value: datetime) -> str:
     """The text SQLAlchemy's SQLite DateTime stores (naive UTC, always with microseconds)."""
     if value.utcoffset():
         value = value.astimezone(UTC)
-    return f"{value:%Y-%m-%d %H:%M:%S.%f}"
+    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+@lru_cache(maxsize=64)
+def _insert_sql(dialect: str, rows: int) -> str:
+    row = _SQLITE_ROW if dialect == "sqlite" else _PG_ROW
+    return _COLUMNS + ", ".join([row] * rows) + _ON_CONFLICT
+
+
+def row_params(dialect: str, rows: Sequence[Row], ids: Sequence[str], received_at: datetime) -> list[tuple[Any, ...]]:
+    """The parameters of each row, in the column order of the insert."""
+    if dialect == "sqlite":
+        received = _sqlite_time(received_at)
+        return [(i, r[0], r[1], r[2], r[3], r[4], _sqlite_time(r[5]), received, r[6], r[7], r[8])
+                for i, r in zip(ids, rows, strict=True)]
+    return [(i, r[0], r[1], r[2], r[3], r[4], r[5], received_at, r[6], r[7], r[8])
+            for i, r in zip(ids, rows, strict=True)]
+
+
+def insert_params(conn: Connection, params: Sequence[tuple[Any, ...]]) -> None:
+    """Insert rows of row_params; a messageId seen before in the workspace is skipped."""
+    dialect = conn.dialect.name
+    for start in range(0, len(params), STATEMENT_ROWS):
+        part = params[start:start + STATEMENT_ROWS]
+        conn.exec_driver_sql(_insert_sql(dialect, len(part)), tuple(v for row in part for v in row))
 
 
 def insert_rows(conn: Connection, rows: Sequence[Row], ids: Sequence[str], received_at: datetime) -> None:
-    """executemany on the driver; a messageId seen before in the workspace is skipped."""
-    if conn.dialect.name == "sqlite":
-        received = _sqlite_time(received_at)
-        params: list[tuple[Any, ...]] = [
-            (i, r[0], r[1], r[2], r[3], r[4], _sqlite_time(r[5]), received, r[6], r[7], r[8])
-            for i, r in zip(ids, rows, strict=True)]
-        conn.exec_driver_sql(_SQLITE_INSERT, params)
-    else:
-        params = [(i, r[0], r[1], r[2], r[3], r[4], r[5], received_at, r[6], r[7], r[8])
-                  for i, r in zip(ids, rows, strict=True)]
-        conn.exec_driver_sql(_PG_INSERT, params)
+    insert_params(conn, row_params(conn.dialect.name, rows, ids, received_at))
 
 
 def enqueue_processing(conn: Connection, now: datetime) -> None:
@@ -425,9 +441,11 @@ class EventWriter:
     def _commit(self, group: list[_Pending]) -> None:
         now = self.now()
         slot = int(now.timestamp())
+        dialect = self.engine.dialect.name
+        params = [p for item in group
+                  for p in row_params(dialect, item.rows, self.ids.take(len(item.rows)), item.received_at)]
         with self.engine.begin() as conn:
-            for item in group:
-                insert_rows(conn, item.rows, self.ids.take(len(item.rows)), item.received_at)
+            insert_params(conn, params)
             if slot != self._last_slot:
                 enqueue_processing(conn, now)
         self._last_slot = slot
