@@ -60,11 +60,9 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import re
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
-from decimal import Decimal
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -92,8 +90,14 @@ from herald.domain.connectors import (
     StoreApiError,
     UnknownTopic,
 )
-from herald.domain.contacts import InvalidValue
-from herald.domain.money import normalize_currency, to_minor
+from herald.stores import payload
+from herald.stores.payload import as_list as _list
+from herald.stores.payload import currency as _currency
+from herald.stores.payload import header as _header
+from herald.stores.payload import iso_time as _time
+from herald.stores.payload import money as _money
+from herald.stores.payload import obj as _obj
+from herald.stores.payload import text as _str
 
 HMAC_HEADER = "x-shopify-hmac-sha256"
 TOPIC_HEADER = "x-shopify-topic"
@@ -101,51 +105,10 @@ EVENT_ID_HEADER = "x-shopify-event-id"
 WEBHOOK_ID_HEADER = "x-shopify-webhook-id"
 NO_TOPIC = "(no X-Shopify-Topic header)"
 
-Json = dict[str, Any]
+Json = payload.Json
 
 
 # ---- small, strict readers of a JSON payload --------------------------------------------------
-def _header(headers: Headers, name: str) -> str | None:
-    """Headers arrive lower-cased (domain/connectors.py); tolerate a caller that did not."""
-    value = headers.get(name)
-    if value is None:
-        value = next((v for k, v in headers.items() if k.lower() == name), None)
-    return value.strip() if isinstance(value, str) and value.strip() else None
-
-
-def _load_object(body: bytes) -> Json:
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadPayload(f"the body is not JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise BadPayload(f"the body is a JSON {type(data).__name__}, not the JSON object Shopify sends")
-    return data
-
-
-def _obj(raw: Any, field: str) -> Json:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise BadPayload(f"{field} is a {type(raw).__name__}, expected an object")
-    return raw
-
-
-def _list(raw: Any, field: str) -> list[Any]:
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        raise BadPayload(f"{field} is a {type(raw).__name__}, expected a list")
-    return raw
-
-
-def _str(raw: Any) -> str | None:
-    if raw is None or isinstance(raw, bool):
-        return None
-    text = str(raw).strip()
-    return text or None
-
-
 def _id(raw: Any, field: str, *, required: bool = True) -> str | None:
     """Shopify ids are 64-bit integers (JSON numbers); GraphQL-style strings are accepted too."""
     if raw is None or raw == "":
@@ -157,45 +120,11 @@ def _id(raw: Any, field: str, *, required: bool = True) -> str | None:
     return str(raw)
 
 
-def _time(raw: Any, field: str) -> datetime | None:
-    """ISO 8601 with an offset ("2021-12-31T19:00:00-05:00", "...Z") -> aware UTC."""
-    if raw is None or raw == "":
-        return None
-    if not isinstance(raw, str):
-        raise BadPayload(f"{field} {raw!r} is not an ISO 8601 time")
-    try:
-        parsed = datetime.fromisoformat(raw.strip())
-    except ValueError:
-        raise BadPayload(f"{field} {raw!r} is not an ISO 8601 time") from None
-    if parsed.tzinfo is None:  # Shopify always sends an offset; a bare time is read as UTC
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
-
-
 def _required_time(raw: Any, field: str) -> datetime:
     value = _time(raw, field)
     if value is None:
         raise BadPayload(f"{field} is missing")
     return value
-
-
-def _money(raw: Any, currency: str, field: str) -> int:
-    if raw is not None and (isinstance(raw, bool) or not isinstance(raw, str | int | float | Decimal)):
-        raise BadPayload(f"{field} {raw!r} is not an amount")
-    try:
-        return to_minor(raw, currency)
-    except InvalidValue as exc:
-        raise BadPayload(f"{field}: {exc}") from None
-
-
-def _currency(raw: Any, fallback: str | None, field: str) -> str:
-    value = _str(raw) or fallback
-    if value is None:
-        raise BadPayload(f"{field} is missing and the store has no default currency")
-    try:
-        return normalize_currency(value)
-    except InvalidValue as exc:
-        raise BadPayload(f"{field}: {exc}") from None
 
 
 def _shop_amount(money_set: Any, field: str) -> tuple[Any, str | None]:
@@ -644,7 +573,7 @@ class ShopifyConnector:
             if topic == NO_TOPIC:
                 raise UnknownTopic("the delivery had no X-Shopify-Topic header")
             raise UnknownTopic(f"Shopify topic {topic!r} is not translated (known: {', '.join(sorted(TOPICS))})")
-        return translate(_load_object(body), store)
+        return translate(payload.load_object(body, "Shopify"), store)
 
 
 # ---- backfill through the Admin REST API -----------------------------------------------------

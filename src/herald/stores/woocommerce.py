@@ -52,10 +52,9 @@ import binascii
 import hashlib
 import hmac
 import html
-import json
 import re
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -81,8 +80,13 @@ from herald.domain.connectors import (
     StoreApiError,
     UnknownTopic,
 )
-from herald.domain.contacts import InvalidValue
-from herald.domain.money import normalize_currency, to_minor
+from herald.stores import payload
+from herald.stores.payload import as_list as _list
+from herald.stores.payload import currency as _currency
+from herald.stores.payload import header as _header
+from herald.stores.payload import iso_time as _gmt
+from herald.stores.payload import money as _money
+from herald.stores.payload import text as _str
 
 SIGNATURE_HEADER = "x-wc-webhook-signature"
 TOPIC_HEADER = "x-wc-webhook-topic"
@@ -91,50 +95,12 @@ PING_TOPIC = "ping"
 NO_TOPIC = "(no X-WC-Webhook-Topic header)"
 PING_BODY = re.compile(rb"webhook_id=[0-9]{1,20}")
 
-Json = dict[str, Any]
+Json = payload.Json
 
 
 # ---- small, strict readers of a JSON payload --------------------------------------------------
-def _header(headers: Headers, name: str) -> str | None:
-    """Headers arrive lower-cased (domain/connectors.py); tolerate a caller that did not."""
-    value = headers.get(name)
-    if value is None:
-        value = next((v for k, v in headers.items() if k.lower() == name), None)
-    return value.strip() if isinstance(value, str) and value.strip() else None
-
-
-def _load_object(body: bytes) -> Json:
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadPayload(f"the body is not JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise BadPayload(f"the body is a JSON {type(data).__name__}, not the JSON object WooCommerce sends")
-    return data
-
-
 def _obj(raw: Any, field: str) -> Json:
-    if raw is None or raw == []:  # PHP serialises an empty associative array as []
-        return {}
-    if not isinstance(raw, dict):
-        raise BadPayload(f"{field} is a {type(raw).__name__}, expected an object")
-    return raw
-
-
-def _list(raw: Any, field: str) -> list[Any]:
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        raise BadPayload(f"{field} is a {type(raw).__name__}, expected a list")
-    return raw
-
-
-def _str(raw: Any) -> str | None:
-    if raw is None or isinstance(raw, bool):
-        return None
-    text = str(raw).strip()
-    return text or None
-
+    return payload.obj(raw, field, empty_list_is_empty=True)  # PHP writes an empty object as []
 
 def _text(raw: Any) -> str | None:
     """Names come HTML-escaped ("Ship Your Idea &ndash; Color: Black")."""
@@ -151,38 +117,6 @@ def _id(raw: Any, field: str, *, required: bool = True) -> str | None:
     if isinstance(raw, bool) or not isinstance(raw, int | str):
         raise BadPayload(f"{field} {raw!r} is not an id")
     return str(raw)
-
-
-def _gmt(raw: Any, field: str) -> datetime | None:
-    """A *_gmt field ("2017-03-22T19:28:02", no offset) -> aware UTC."""
-    if raw is None or raw == "":
-        return None
-    if not isinstance(raw, str):
-        raise BadPayload(f"{field} {raw!r} is not an ISO 8601 time")
-    try:
-        parsed = datetime.fromisoformat(raw.strip())
-    except ValueError:
-        raise BadPayload(f"{field} {raw!r} is not an ISO 8601 time") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-
-
-def _money(raw: Any, currency: str, field: str) -> int:
-    if raw is not None and (isinstance(raw, bool) or not isinstance(raw, str | int | float | Decimal)):
-        raise BadPayload(f"{field} {raw!r} is not an amount")
-    try:
-        return to_minor(raw, currency)
-    except InvalidValue as exc:
-        raise BadPayload(f"{field}: {exc}") from None
-
-
-def _currency(raw: Any, fallback: str | None, field: str) -> str:
-    value = _str(raw) or fallback
-    if value is None:
-        raise BadPayload(f"{field} is missing and the store has no default currency")
-    try:
-        return normalize_currency(value)
-    except InvalidValue as exc:
-        raise BadPayload(f"{field}: {exc}") from None
 
 
 def _country(address: Json) -> str | None:
@@ -449,7 +383,7 @@ class WooCommerceConnector:
             if topic == NO_TOPIC:
                 raise UnknownTopic("the delivery had no X-WC-Webhook-Topic header")
             raise UnknownTopic(f"WooCommerce topic {topic!r} is not translated (known: {', '.join(sorted(TOPICS))})")
-        return translate(_load_object(body), store)
+        return translate(payload.load_object(body, "WooCommerce"), store)
 
 
 # ---- backfill through the REST API v3 --------------------------------------------------------
