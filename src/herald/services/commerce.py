@@ -33,8 +33,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
+from herald.db.bulk import insert_many
 from herald.db.tables import (
     checkouts,
     contact_identities,
@@ -131,11 +131,9 @@ def _emit(conn: Connection, store: StoreInfo, pending: list[dict[str, Any]], sou
     if not pending:
         return
     rows = [{**e, "id": new_id("evt"), "workspace_id": store.workspace_id, "store_id": store.id,
-             "source": source[:32], "kind": "track", "dedupe_key": f"{e['dedupe_key']}"[:255],
+             "source": source[:32], "kind": "track", "dedupe_key": e["dedupe_key"][:255],
              "received_at": now, "processed_at": now} for e in pending]
-    insert_ = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    for chunk in _chunks(rows):
-        conn.execute(insert_(events).on_conflict_do_nothing(), list(chunk))
+    insert_many(conn, events, rows, ignore_conflicts=True)
 
 
 # ---- sorting the batch ---------------------------------------------------------------------------
@@ -522,8 +520,7 @@ def _write_refunds(conn: Connection, store: StoreInfo, given: list[RefundData], 
     report.unchanged += len(given) - len(fresh)
     if not fresh:
         return
-    insert_ = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    conn.execute(insert_(refunds).on_conflict_do_nothing(), fresh)
+    insert_many(conn, refunds, fresh, ignore_conflicts=True)
     report.refunds += len(fresh)
     owners = _order_owners(conn, [r["order_id"] for r in fresh])
     for row in fresh:
