@@ -243,3 +243,12 @@ def test_each_channel_s_consent_is_dated_by_its_own_statement(engine: Engine, sh
     with engine.connect() as conn:
         states = [(r["channel"], r["state"]) for r in all_rows(conn, consent_records)]
     assert states == [("email", "granted"), ("sms", "withdrawn")]
+
+
+def test_fulfilment_beside_its_unchanged_order_in_one_batch(engine: Engine, shop: Shop) -> None:
+    apply(engine, shop, order("1001"))
+    report = apply(engine, shop, order("1001"), FulfillmentData("f-2", "1001", "success", tracking_numbers=["Z"]))
+    assert (report.orders, report.fulfillments) == (0, 1)
+    with engine.connect() as conn:
+        assert conn.execute(select(fulfillments.c.order_id)).scalar_one() == conn.execute(
+            select(orders.c.id)).scalar_one()

@@ -197,14 +197,14 @@ def _check_ids(batch: _Batch) -> None:
 
 
 def _order_ids_needed(conn: Connection, store: StoreInfo, batch: _Batch) -> dict[str, str]:
-    """external order id -> our order id, for every order the batch refers to (orders of the batch
-    get theirs when written). Raises MissingOrder if a fulfilment/refund's order is unknown."""
+    """external order id -> our order id, for the orders the batch's fulfilments and refunds refer
+    to outside the batch (the batch's own orders are added by _write_orders). Raises MissingOrder
+    if one of them is unknown."""
     given = {o.external_id for o in batch.orders}
     wanted = {f.order_external_id for f in batch.fulfillments} | {r.order_external_id for r in batch.refunds}
     wanted -= given
-    wanted |= given
     found = _existing(conn, orders, store.id, wanted, [orders.c.id])
-    missing = sorted(wanted - given - set(found))
+    missing = sorted(wanted - set(found))
     if missing:
         raise MissingOrder(store.id, missing)
     return {ext: row["id"] for ext, row in found.items()}
@@ -393,9 +393,10 @@ def _write_orders(conn: Connection, store: StoreInfo, given: list[OrderData], pe
     written, unchanged, _ = _upsert(conn, orders, store, rows, "ord", now, before=before, force=relined)
     report.orders += len(written)
     report.unchanged += unchanged
-    for row in before.values():
-        if row["contact_id"]:
-            touched.add(row["contact_id"])
+    for ext, stored in before.items():
+        order_ids[ext] = stored["id"]  # unchanged orders too: the batch's fulfilments may point at them
+        if stored["contact_id"]:
+            touched.add(stored["contact_id"])
     for row in written:
         order_ids[row["external_id"]] = row["id"]
         if row.get("contact_id"):
