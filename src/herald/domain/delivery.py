@@ -1,0 +1,186 @@
+"""What every channel provider (herald.channels.<channel>.<provider>) speaks, whatever its wire
+format: the message handed to it, the normalised outcome of a send, the normalised event parsed
+from its callbacks, and one failure taxonomy. Pure types; no IO.
+
+The contract of a provider (see `Provider`):
+  * `send(message)` returns a `SendResult`. It never raises for a refusal the provider
+    expressed (that is an outcome), only for a bug. Transport errors that may have delivered the
+    message (a connection dropped after DATA, a timeout after the request was written) are
+    `retry` outcomes with `maybe_sent=True`: our id (`message.id`, the SMTP Message-ID or the
+    provider's metadata) lets feedback reconcile a duplicate (G4).
+  * `await parse_callback(request, secrets, now)` verifies the provider's signature on the raw body first
+    (raises `SignatureError`, so nothing is stored), then returns the `DeliveryEvent`s it says.
+  * Adapters translate, never police: no consent, rate limits or retries inside a provider.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal, Protocol
+
+Channel = Literal["email", "sms", "whatsapp", "push", "inbox"]
+Purpose = Literal["marketing", "transactional"]
+
+
+class FailureReason(StrEnum):
+    """Why a message did not (or will not) reach its recipient; one taxonomy for all channels.
+    The provider's own code travels beside it (`provider_code`)."""
+
+    INVALID_ADDRESS = "invalid_address"    # syntax, user unknown (5.1.1), unroutable number
+    MAILBOX_FULL = "mailbox_full"          # 4.2.2 / 5.2.2 quota
+    HOST_UNKNOWN = "host_unknown"          # no MX/A for the domain (5.1.2, 5.4.4)
+    BLOCKED = "blocked"                    # reputation, blocklist, spam filter (5.7.1 ...)
+    COMPLAINT = "complaint"                # the recipient reported the message (ARF, FBL)
+    UNSUBSCRIBED = "unsubscribed"          # the recipient opted out at the provider
+    POLICY = "policy"                      # DMARC/auth/size/content policy of the receiver
+    CONTENT_REJECTED = "content_rejected"  # the provider refused the content itself
+    THROTTLED = "throttled"                # rate limited: try later (429, 4.7.x, 421)
+    PROVIDER_DOWN = "provider_down"        # 5xx from an HTTP provider, connection refused
+    AUTH_FAILED = "auth_failed"            # our credentials were refused (fix the settings)
+    EXPIRED = "expired"                    # gave up after retrying for too long
+    TRANSIENT = "transient"                # any other temporary failure
+    UNKNOWN = "unknown"                    # a permanent failure we could not classify
+
+
+class SignatureError(Exception):
+    """A callback not signed by the provider: missing, malformed or wrong signature."""
+
+
+class ProviderConfigError(Exception):
+    """The provider's settings are unusable; the message says what to fix."""
+
+
+class UnsupportedFeature(Exception):
+    """The message asks for something this provider cannot do (raised, never silently dropped)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    filename: str
+    content_type: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EmailContent:
+    """A rendered email. `headers` are extra headers (List-Unsubscribe, ...) in order."""
+
+    from_address: str          # bare address: shop@example.com (may be internationalised)
+    from_name: str | None
+    subject: str
+    html: str | None
+    text: str
+    reply_to: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    attachments: tuple[Attachment, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMessage:
+    """One message to one recipient, ready for a provider.
+
+    `id` is ours (messages.id): the SMTP Message-ID's left part and the reference every
+    provider echoes back in its callbacks, so a callback finds its message."""
+
+    id: str
+    workspace_id: str
+    channel: Channel
+    purpose: Purpose
+    to: str                    # email address, E.164 phone, device token, contact id
+    email: EmailContent | None = None
+    sending_domain: str | None = None   # email: the domain of Message-ID and the DKIM d=
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+SendStatus = Literal["accepted", "retry", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    status: SendStatus
+    message_id: str                          # ours
+    provider_message_id: str | None = None   # the provider's, when it told us
+    reason: FailureReason | None = None      # set for retry and failed
+    provider_code: str | None = None         # e.g. "550 5.1.1", "21211", "131026"
+    detail: str = ""                         # the provider's words, for the send log
+    retry_after: float | None = None         # seconds, when the provider said (Retry-After)
+    maybe_sent: bool = False                 # retry after an ambiguous transport failure
+
+    @classmethod
+    def accepted(cls, message_id: str, provider_message_id: str | None = None, detail: str = "") -> SendResult:
+        return cls("accepted", message_id, provider_message_id, detail=detail)
+
+    @classmethod
+    def retry(cls, message_id: str, reason: FailureReason, detail: str, *, provider_code: str | None = None,
+              retry_after: float | None = None, maybe_sent: bool = False) -> SendResult:
+        return cls("retry", message_id, None, reason, provider_code, detail, retry_after, maybe_sent)
+
+    @classmethod
+    def failed(cls, message_id: str, reason: FailureReason, detail: str, *,
+               provider_code: str | None = None) -> SendResult:
+        return cls("failed", message_id, None, reason, provider_code, detail)
+
+
+EventKind = Literal[
+    "sent",          # the provider handed it on (e.g. SES Send, Twilio sent)
+    "delivered",     # the receiving system accepted it
+    "deferred",      # temporary failure, the provider retries
+    "bounced",       # permanent or final failure (reason says why)
+    "rejected",      # the provider refused to send it at all
+    "complained",    # marked as spam by the recipient
+    "opened",
+    "clicked",
+    "unsubscribed",
+    "read",          # WhatsApp/push read receipt
+]
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryEvent:
+    """One normalised thing a provider (or a DSN/ARF report) told us about one recipient."""
+
+    kind: EventKind
+    provider: str                            # provider key, or "dsn" / "arf" for inbound mail
+    occurred_at: datetime | None             # when the provider says it happened (UTC)
+    message_id: str | None = None            # ours, when the callback carries it
+    provider_message_id: str | None = None
+    recipient: str | None = None
+    reason: FailureReason | None = None
+    permanent: bool | None = None            # for bounced/deferred
+    status: str | None = None                # enhanced status code, e.g. "5.1.1"
+    reply_code: int | None = None            # SMTP reply code, e.g. 550
+    provider_code: str | None = None
+    detail: str = ""                         # diagnostic text
+    url: str | None = None                   # for clicked
+    raw: Mapping[str, Any] = field(default_factory=dict)  # the provider's own record, kept
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackRequest:
+    """A provider's HTTP callback as received: verified on `body` before anything is parsed."""
+
+    method: str
+    url: str                      # the full URL the provider called (Twilio/SNS sign it)
+    headers: Mapping[str, str]    # lower-cased names
+    body: bytes
+
+
+class Provider(Protocol):
+    key: str          # "smtp", "ses", "sendgrid", "mailgun", ...
+    channel: Channel
+
+    async def send(self, message: OutboundMessage) -> SendResult: ...
+
+    async def aclose(self) -> None: ...
+
+
+class CallbackParser(Protocol):
+    """The part of a provider that reads its status callbacks (webhooks)."""
+
+    key: str
+
+    async def parse_callback(self, request: CallbackRequest, secrets: Sequence[str],
+                             now: datetime) -> list[DeliveryEvent]: ...
