@@ -49,6 +49,11 @@ class SignatureError(Exception):
     """A callback not signed by the provider: missing, malformed or wrong signature."""
 
 
+class CallbackUnavailable(Exception):
+    """A callback cannot be verified or acted on right now (e.g. the signing certificate could not
+    be fetched): answer 5xx so the provider retries; it is not a forgery."""
+
+
 class ProviderConfigError(Exception):
     """The provider's settings are unusable; the message says what to fix."""
 
@@ -79,6 +84,15 @@ class EmailContent:
 
 
 @dataclass(frozen=True, slots=True)
+class DkimKey:
+    """The key an email is DKIM-signed with (d=domain, s=selector), from the sending domain."""
+
+    domain: str
+    selector: str
+    private_key_pem: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class OutboundMessage:
     """One message to one recipient, ready for a provider.
 
@@ -92,7 +106,8 @@ class OutboundMessage:
     to: str                    # email address, E.164 phone, device token, contact id
     email: EmailContent | None = None
     sending_domain: str | None = None   # email: the domain of Message-ID and the DKIM d=
-    metadata: Mapping[str, str] = field(default_factory=dict)
+    metadata: Mapping[str, str] = field(default_factory=dict)  # "return_path": the envelope sender
+    dkim: DkimKey | None = None         # email: sign with this key (SMTP; ESPs sign themselves)
 
 
 SendStatus = Literal["accepted", "retry", "failed"]
@@ -169,8 +184,11 @@ class CallbackRequest:
 
 
 class Provider(Protocol):
-    key: str          # "smtp", "ses", "sendgrid", "mailgun", ...
-    channel: Channel
+    @property
+    def key(self) -> str: ...          # "smtp", "ses", "sendgrid", "mailgun", ...
+
+    @property
+    def channel(self) -> Channel: ...
 
     async def send(self, message: OutboundMessage) -> SendResult: ...
 
@@ -180,7 +198,47 @@ class Provider(Protocol):
 class CallbackParser(Protocol):
     """The part of a provider that reads its status callbacks (webhooks)."""
 
-    key: str
+    @property
+    def key(self) -> str: ...
 
     async def parse_callback(self, request: CallbackRequest, secrets: Sequence[str],
                              now: datetime) -> list[DeliveryEvent]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DnsRecord:
+    name: str
+    type: str
+    value: str
+    strings: tuple[str, ...]   # the TXT value split into <= 255-byte strings
+    purpose: str               # "spf" | "dkim" | "dmarc"
+
+
+@dataclass(frozen=True, slots=True)
+class MechanismCheck:
+    ok: bool
+    found: str | None
+    problem: str
+    fix: str
+
+
+class ChannelAdapters(Protocol):
+    """What services need from herald.channels, without naming a concrete adapter
+    (bootstrap passes the implementation in channels/registry.py)."""
+
+    def provider_kinds(self, channel: Channel) -> Sequence[str]: ...
+
+    def make_provider(self, kind: str, config: Mapping[str, Any], secrets: Mapping[str, str]) -> Provider: ...
+
+    def callback_parser(self, kind: str, config: Mapping[str, Any],
+                        secrets: Mapping[str, str]) -> CallbackParser: ...
+
+    def generate_dkim_key(self, algorithm: str) -> tuple[bytes, str]: ...
+
+    def dns_records(self, domain: str, selector: str, dkim_txt: str, spf_include: str | None,
+                    dmarc_rua: str | None) -> list[DnsRecord]: ...
+
+    async def check_domain(self, domain: str, selector: str, dkim_txt: str,
+                           spf_include: str | None) -> Mapping[str, MechanismCheck]: ...
+
+    def parse_report(self, raw: bytes) -> list[DeliveryEvent]: ...

@@ -50,3 +50,24 @@ class Forbidden(HeraldError):
     status = 403
     title = "Forbidden"
     slug = "forbidden"
+
+
+class BadSignature(HeraldError):
+    """An inbound webhook or callback whose signature does not verify (nothing is stored)."""
+
+    status = 401
+    title = "Unauthorized"
+    slug = "bad-signature"
+
+
+class Unavailable(HeraldError):
+    """Nothing was stored or done; the caller should retry after `Retry-After` seconds."""
+
+    status = 503
+    title = "Service unavailable"
+    slug = "unavailable"
+    headers = {"Retry-After": "1"}
+
+    def __init__(self, detail: str, *, retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.headers = {"Retry-After": str(retry_after)}

@@ -1,1 +1,2 @@
-"""The send pipeline, one module per stage: render (what) ... Stages take typed input and return typed output; a stage never reaches back up the chain."""
+"""The send pipeline, one module per stage (render: what to send, tracking: signed links).
+A stage takes typed input, returns typed output, and never reaches back up the chain."""
