@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
@@ -18,7 +18,11 @@ from herald.db.engine import make_engine
 from herald.db.migrate import head_revision, is_up_to_date
 from herald.domain.clock import Clock, SystemClock
 from herald.domain.connectors import StoreApi, WebhookConnector
+from herald.domain.delivery import ChannelAdapters
 from herald.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from herald.services.email import EmailService
 
 
 @dataclass
@@ -47,6 +51,8 @@ class Container:
     master_key: bytes
     notifier: WorkNotifier = field(default_factory=WorkNotifier)
     _connectors: Mapping[str, WebhookConnector] | None = None
+    _adapters: ChannelAdapters | None = None
+    _email: EmailService | None = None
 
     @property
     def connectors(self) -> Mapping[str, WebhookConnector]:
@@ -62,6 +68,33 @@ class Container:
         from herald.stores import registry
 
         return registry.make_api(platform, base_url, credentials)
+
+    @property
+    def adapters(self) -> ChannelAdapters:
+        """The channel providers (herald.channels), built on first use."""
+        if self._adapters is None:
+            from herald.channels import registry
+
+            self._adapters = registry.adapters(self.settings.dns_nameservers)
+        return self._adapters
+
+    @property
+    def email(self) -> EmailService:
+        """The email send path with its live providers (connection pools), built on first use."""
+        if self._email is None:
+            from herald.pipeline.tracking import TrackingLinks
+            from herald.services.email import EmailService
+            from herald.services.providers import ProviderCache
+
+            self._email = EmailService(
+                engine=self.engine, now=self.clock.now, providers=ProviderCache(self.adapters, self.master_key),
+                links=TrackingLinks(self.settings.public_base_url, derive_key(self.master_key, b"tracking links v1")),
+                master_key=self.master_key, inbound_domain=self.settings.inbound_domain or None)
+        return self._email
+
+    async def aclose_providers(self) -> None:
+        if self._email is not None:
+            await self._email.providers.aclose()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -99,6 +132,14 @@ def load_master_key(settings: Settings) -> bytes:
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_hex(32))
     return path.read_text().strip().encode()
+
+
+def derive_key(master_key: bytes, purpose: bytes) -> bytes:
+    """A key for one purpose (HKDF-SHA256 of the master key), so no two uses share a key."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"herald " + purpose).derive(master_key)
 
 
 def require_current_schema(container: Container) -> None:

@@ -92,7 +92,10 @@ def serve(
         w = build_worker(c)
         loop = asyncio.get_running_loop()
         c.notifier.subscribe(lambda: loop.call_soon_threadsafe(w.wake))
-        await w.run(stop)
+        try:
+            await w.run(stop)
+        finally:
+            await c.aclose_providers()  # QUIT pooled SMTP connections, close HTTP clients
 
     application = create_app(c, background=run_worker if worker else None)
     uvicorn.run(application, host=host or c.settings.host, port=port or c.settings.port,
@@ -115,7 +118,10 @@ def worker_cmd(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await build_worker(c, **overrides).run(stop)
+        try:
+            await build_worker(c, **overrides).run(stop)
+        finally:
+            await c.aclose_providers()
 
     asyncio.run(main())
 
@@ -642,6 +648,10 @@ def import_errors_cmd(
         for chunk in imports.error_csv(c.engine, import_id):
             fh.write(chunk)
     err.print(f"wrote {out_file}", highlight=False)
+
+
+# The email commands live in their own module; importing it registers them on `app`.
+from herald import cli_email  # noqa: E402, F401
 
 
 def main() -> None:

@@ -38,6 +38,16 @@ class Settings(BaseSettings):
     data_dir: Path | None = Field(default=None, description="where CSV uploads wait for their import; "
                                    "default: the SQLite database's directory, else var/")
 
+    # email
+    inbound_domain: str = Field(
+        default="", description="the domain whose MX points at `herald inbound-smtp`: bounces return to "
+                                "bounce+<message id>@ it and mailto unsubscribes go to unsubscribe+<token>@ it; "
+                                "default: the sending domain")
+    inbound_smtp_port: int = Field(default=2525, ge=1, le=65535)
+    dns_nameservers: list[str] = Field(
+        default_factory=list, description='DNS servers for sending-domain checks, e.g. ["127.0.0.1:5353"]; '
+                                          "default: the system resolver")
+
     # API
     max_request_bytes: int = Field(default=1_048_576, ge=1024)
     max_upload_bytes: int = Field(default=2 * 1024**3, ge=1024, description="CSV uploads (POST /api/v1/imports)")

@@ -1,7 +1,8 @@
 """API fixtures: an app on the test database, and a small multi-tenant world to attack.
 
 World: workspace A with stores A1 and A2, workspace B with store B1; API keys for workspace A,
-store A1, store A2 and workspace B; one contact and one stored webhook delivery in each store."""
+store A1, store A2 and workspace B; one contact, one stored webhook delivery, one import and one
+template in each store."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from herald.bootstrap import Container
 from herald.db.tables import imports, webhook_deliveries
 from herald.domain.auth import Principal
 from herald.domain.ids import new_id
-from herald.services import apikeys, contacts, workspaces
+from herald.services import apikeys, contacts, templates, workspaces
 
 
 @pytest.fixture
@@ -74,6 +75,12 @@ def world(container: Container) -> World:
                     id=upload, workspace_id=ws["id"], store_id=store["id"], kind="contacts", source_name="x.csv",
                     path=f"/nonexistent/{upload}.csv", sha256="0" * 64, size_bytes=0, state="pending",
                     created_at=now, updated_at=now))
+                template = templates.create_template(
+                    conn, caller.principal, name=f"welcome {name}", channel="email", purpose="marketing",
+                    default_language="en",
+                    variants={"en": {"subject": "Hi", "body": "<p>Hi {{ contact.first_name }}</p>",
+                                     "body_format": "html"}},
+                    store_id=store["id"], now=now)
                 w.ids[name] = {"store": store["id"], "contact": contact["id"], "api_key": caller.key_id,
-                               "delivery": delivery, "import": upload}
+                               "delivery": delivery, "import": upload, "template": template["id"]}
     return w

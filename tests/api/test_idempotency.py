@@ -115,6 +115,8 @@ def test_every_create_route_accepts_the_key(client: TestClient, world: World) ->
         "/api/v1/contacts": {"email": "p@example.com"},
         "/api/v1/stores": {"name": "EU", "platform": "custom", "currency": "EUR"},
         "/api/v1/api-keys": {"name": "deploy"},
+        "/api/v1/templates": {"name": "t", "purpose": "marketing",
+                              "variants": {"en": {"subject": "Hi", "body": "<p>x</p>", "body_format": "html"}}},
         f"/api/v1/imports?kind=contacts&store_id={world.ids['A1']['store']}": b"email\nup@example.com\n"}
     creates = [p for p, ops in client.app.openapi()["paths"].items()  # type: ignore[attr-defined]
                if "post" in ops and p.startswith("/api/v1/") and "{" not in p]  # collections, not actions

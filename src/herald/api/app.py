@@ -14,7 +14,7 @@ from herald import __version__
 from herald.api import problems
 from herald.api.deps import Replay
 from herald.api.limits import BodySizeLimit, NoNulInUrl
-from herald.api.routes import apikeys, contacts, deliveries, hooks, meta, stores
+from herald.api.routes import apikeys, callbacks, contacts, deliveries, hooks, meta, stores, templates, tracking
 from herald.api.routes import imports as imports_routes
 from herald.api.routes import segment as segment_routes
 from herald.bootstrap import Container
@@ -48,11 +48,13 @@ def create_app(container: Container, *, background: Background | None = None) ->
     app.add_middleware(BodySizeLimit, max_bytes=container.settings.max_request_bytes,
                        paths={"/api/v1/imports": container.settings.max_upload_bytes})
     app.add_middleware(NoNulInUrl)
-    for router in (contacts.router, stores.router, apikeys.router, deliveries.router):
+    for router in (contacts.router, stores.router, apikeys.router, deliveries.router, templates.router):
         app.include_router(router, prefix="/api/v1")
     app.include_router(imports_routes.router, prefix="/api/v1")  # CSV imports (upload, status, error report)
     app.include_router(meta.router)
     app.include_router(hooks.router)  # POST /hooks/{platform}/{store_id}: signed store webhooks
+    app.include_router(callbacks.router)  # POST /callbacks/{provider_id}: signed provider status callbacks
+    app.include_router(tracking.router)  # /t/*: click redirects, open pixel, unsubscribe (no auth)
     segment_routes.install(app, container)  # /v1/* Segment-spec ingestion + its group-commit writer
     return app
 

@@ -4,7 +4,7 @@ services so the CLI and importers share it; these models check shape and size.""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -283,3 +283,70 @@ class ImportOut(BaseModel):
             data = {**data, "bytes_done": data["offset"], "mapping": (data.get("mapping") or {}).get("columns", []),
                     "delimiter": options.get("delimiter"), "default_country": options.get("default_country")}
         return data
+
+
+# ---- email: templates and store senders (issue 4) -----------------------------------------
+class TemplateVariantIn(Body):
+    subject: str = Field(max_length=998, description="Liquid", examples=["Your order {{ order.name }}"])
+    body: str = Field(max_length=1_000_000, description="MJML (default) or HTML, with Liquid")
+    body_format: Literal["mjml", "html"] = "mjml"
+    text: str | None = Field(default=None, max_length=1_000_000,
+                             description="plain-text part (Liquid); generated from the HTML when omitted")
+    preheader: str | None = Field(default=None, max_length=500)
+
+
+class TemplateCreate(Body):
+    name: str = Field(min_length=1, max_length=200)
+    channel: Literal["email"] = "email"
+    purpose: Literal["marketing", "transactional"]
+    default_language: str = Field(default="en", max_length=16)
+    variants: dict[str, TemplateVariantIn] = Field(description="language tag -> variant, e.g. {\"en\": ..., "
+                                                               "\"pt-BR\": ...}", min_length=1)
+    store_id: str | None = None
+
+
+class TemplateUpdate(Body):
+    purpose: Literal["marketing", "transactional"] | None = None
+    default_language: str | None = Field(default=None, max_length=16)
+    variants: dict[str, TemplateVariantIn] | None = Field(default=None, min_length=1)
+
+
+class TemplateOut(BaseModel):
+    id: str
+    workspace_id: str
+    store_id: str | None
+    name: str
+    channel: str
+    purpose: str
+    default_language: str
+    variants: dict[str, dict[str, Any]]
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class TemplatePreviewIn(Body):
+    language: str | None = Field(default=None, max_length=35, description="the contact language to render for")
+    variables: dict[str, Any] | None = Field(
+        default=None, description="variables to use instead of the sample data (merged over it, top level)")
+
+
+class TemplatePreviewOut(BaseModel):
+    language: str = Field(description="the variant used (after fallback)")
+    subject: str
+    html: str | None
+    text: str
+
+
+class StoreSenderUpdate(Body):
+    email_from: str | None = Field(default=None, max_length=320, examples=["orders@aurora.example"])
+    email_from_name: str | None = Field(default=None, max_length=200)
+    postal_address: str | None = Field(default=None, max_length=1000,
+                                       description="printed in every marketing email (CAN-SPAM, GDPR)")
+
+
+class StoreSenderOut(BaseModel):
+    store_id: str
+    email_from: str | None
+    email_from_name: str | None
+    postal_address: str | None

@@ -78,6 +78,10 @@ stores = Table(
     Column("write_key_hash", String(64), nullable=True, unique=True),
     Column("write_key_prefix", String(24), nullable=True),
     Column("sync_state", Json, nullable=False, server_default=text("'{}'")),
+    # Email sender identity (issue 4): marketing email must carry the store's postal address.
+    Column("email_from", String(320), nullable=True),
+    Column("email_from_name", String(200), nullable=True),
+    Column("postal_address", Text, nullable=True),
     CheckConstraint("platform IN ('shopify','woocommerce','magento','custom')", name="platform"),
     Index("ix_stores_workspace", "workspace_id", "id"),
 )
@@ -442,10 +446,107 @@ messages = Table(
     Column("cost_currency", String(3), nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # What to render at send time (issue 4): the template, the language chosen, and references
+    # to the objects it talks about ({"order_id": ...}); the subject is kept for the send log.
+    Column("template_id", String(ID), ForeignKey("templates.id", ondelete="SET NULL"), nullable=True),
+    Column("language", String(16), nullable=True),
+    Column("subject", String(998), nullable=True),
+    Column("context", Json, nullable=False, server_default=text("'{}'")),
+    Column("sending_domain", String(255), nullable=True),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("sent_at", UTCDateTime, nullable=True),
+    Column("opened_at", UTCDateTime, nullable=True),
+    Column("clicked_at", UTCDateTime, nullable=True),
     CheckConstraint("purpose IN ('marketing','transactional')", name="purpose"),
     Index("ix_messages_workspace", "workspace_id", "id"),
     Index("ix_messages_contact", "contact_id", "created_at"),
     Index("ix_messages_provider_id", "provider", "provider_message_id"),
+)
+
+# A workspace's channel providers (SMTP relays, ESP accounts, ...). `config` holds the
+# non-secret settings; `secrets` is a Fernet token of a JSON object (passwords, API keys,
+# webhook signing keys). Lower priority is tried first; the next one is the failover.
+providers = Table(
+    "providers",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    _ws(),
+    Column("channel", String(16), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("config", Json, nullable=False, server_default=text("'{}'")),
+    Column("secrets", Text, nullable=True),
+    Column("priority", Integer, nullable=False, server_default="0"),
+    Column("enabled", Boolean, nullable=False, server_default=text("true")),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("workspace_id", "name", name="uq_providers_name"),
+    Index("ix_providers_workspace", "workspace_id", "channel", "priority"),
+)
+
+# Domains email is sent from. The DKIM private key is a Fernet token; `checks` holds the
+# last verification's result per mechanism (spf, dkim, dmarc). Marketing email from a
+# domain whose status is not 'verified' is refused.
+sending_domains = Table(
+    "sending_domains",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    _ws(),
+    Column("domain", String(255), nullable=False),
+    Column("dkim_selector", String(63), nullable=False),
+    Column("dkim_algorithm", String(16), nullable=False),
+    Column("dkim_private_key", Text, nullable=False),
+    Column("dkim_txt", Text, nullable=False),
+    Column("spf_include", String(255), nullable=True),
+    Column("dmarc_rua", String(320), nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("checks", Json, nullable=False, server_default=text("'{}'")),
+    Column("checked_at", UTCDateTime, nullable=True),
+    Column("verified_at", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("workspace_id", "domain", name="uq_sending_domains_domain"),
+    CheckConstraint("status IN ('pending','verified','failed')", name="status"),
+    CheckConstraint("dkim_algorithm IN ('rsa-2048','ed25519')", name="dkim_algorithm"),
+)
+
+# Message templates. `variants` maps a language tag to its source
+# ({"subject", "body", "body_format": "mjml"|"html", "text", "preheader"}); every variant
+# compiled before it is saved, so a stored template always renders.
+templates = Table(
+    "templates",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    _ws(),
+    Column("store_id", String(ID), ForeignKey("stores.id", ondelete="CASCADE"), nullable=True),
+    Column("name", String(200), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("purpose", String(16), nullable=False),
+    Column("default_language", String(16), nullable=False),
+    Column("variants", Json, nullable=False),
+    Column("version", Integer, nullable=False, server_default="1"),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("workspace_id", "name", name="uq_templates_name"),
+    CheckConstraint("purpose IN ('marketing','transactional')", name="purpose"),
+)
+
+# Addresses no marketing (and, for bounces/complaints/erasure, no) message may go to.
+# `address` is normalised (email lower-cased, phone E.164).
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("id", BigIntPK, primary_key=True, autoincrement=True),
+    _ws(),
+    Column("channel", String(16), nullable=False),
+    Column("address", String(320), nullable=False),
+    Column("reason", String(24), nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("message_id", String(ID), nullable=True),
+    Column("detail", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("workspace_id", "channel", "address", name="uq_suppressions_address"),
+    CheckConstraint(
+        "reason IN ('unsubscribed','hard_bounce','complaint','invalid','erased','manual')", name="reason"),
 )
 
 message_events = Table(

@@ -25,7 +25,7 @@ from herald.db import jobs as jobs_db
 from herald.db.tables import stores, webhook_deliveries
 from herald.domain.auth import Principal
 from herald.domain.connectors import BadPayload, DeliveryInfo, SignatureError, UnknownTopic, WebhookConnector
-from herald.domain.errors import HeraldError
+from herald.domain.errors import BadSignature
 from herald.domain.ids import new_id
 from herald.services import commerce
 from herald.services.pagination import Page, keyset_page, one_visible
@@ -40,12 +40,6 @@ KEPT_HEADERS = ("content-type", "user-agent", "x-shopify-topic", "x-shopify-shop
                 "x-wc-webhook-source", "webhook-id", "webhook-timestamp")
 
 
-class Unauthorized(HeraldError):
-    status = 401
-    title = "Unauthorized"
-    slug = "bad-signature"
-
-
 @dataclass(frozen=True, slots=True)
 class Receipt:
     delivery_id: str
@@ -57,12 +51,12 @@ def check_signature(connector: WebhookConnector, keys: WebhookKeys, headers: Map
                     now: datetime) -> DeliveryInfo:
     """Verify before anything is parsed or stored; 401 with the reason otherwise."""
     if not keys.secrets:
-        raise Unauthorized(f"store {keys.store.id} has no webhook secret yet: set it with "
+        raise BadSignature(f"store {keys.store.id} has no webhook secret yet: set it with "
                            f"`herald stores connect {keys.store.id} --webhook-secret ...`")
     try:
         connector.verify(headers, body, keys.secrets, now)
     except SignatureError as exc:
-        raise Unauthorized(f"signature check failed: {exc}") from None
+        raise BadSignature(f"signature check failed: {exc}") from None
     return connector.identify(headers, body)
 
 

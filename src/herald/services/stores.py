@@ -16,6 +16,7 @@ from sqlalchemy import Connection, select, update
 from herald.db.tables import stores
 from herald.domain.auth import Principal, display_prefix, generate_api_key, hash_api_key
 from herald.domain.commerce import StoreInfo
+from herald.domain.contacts import InvalidValue, normalize_email
 from herald.domain.errors import Forbidden, InvalidInput, NotFound
 from herald.services import vault
 from herald.services.workspaces import get_store
@@ -130,3 +131,22 @@ def connection_summary(row: dict[str, Any]) -> dict[str, Any]:
         "write_key_prefix": row.get("write_key_prefix"),
         "sync_state": row.get("sync_state") or {},
     }
+
+
+def set_sender(conn: Connection, who: Principal, store_id: str, *, email_from: str | None,
+               email_from_name: str | None, postal_address: str | None) -> dict[str, Any]:
+    """The store's email sender identity; only the values given change ("" clears one)."""
+    row = get_store(conn, who, store_id)
+    changes: dict[str, Any] = {}
+    if email_from is not None:
+        try:
+            changes["email_from"] = normalize_email(email_from) if email_from else None
+        except InvalidValue as exc:
+            raise InvalidInput.on("email_from", str(exc)) from None
+    if email_from_name is not None:
+        changes["email_from_name"] = email_from_name.strip() or None
+    if postal_address is not None:
+        changes["postal_address"] = postal_address.strip() or None
+    if changes:
+        conn.execute(update(stores).where(stores.c.id == store_id).values(**changes))
+    return {**row, **changes}

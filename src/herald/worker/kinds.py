@@ -11,7 +11,7 @@ import structlog
 from herald.bootstrap import Container
 from herald.db import jobs as jobs_db
 from herald.domain.jobs import Fail, Outcome, Retry
-from herald.services import idempotency, intake
+from herald.services import email, idempotency, intake
 from herald.services import imports as csv_imports
 from herald.services import segment as segment_intake
 from herald.worker.engine import Worker
@@ -58,6 +58,11 @@ def build_registry(container: Container) -> Registry:
         """Run (or resume) an uploaded CSV import (services/imports.py)."""
         return await csv_imports.run_job(container.engine, container.clock, payload["import_id"])
 
+    async def send_message(ctx: JobContext, payload: dict[str, Any]) -> Outcome:
+        """Check, render and send one message through the workspace's provider (services/email.py)."""
+        return await email.deliver(container.email, payload["message_id"], attempt=ctx.attempt,
+                                   max_attempts=ctx.max_attempts)
+
     return Registry([
         JobKind("maintenance.prune", prune, max_attempts=3, every=timedelta(hours=1)),
         # Enqueued by the event writer for each second with ingestion; periodic as a safety net.
@@ -65,6 +70,7 @@ def build_registry(container: Container) -> Registry:
         JobKind(intake.JOB_KIND, intake_webhook, max_attempts=25),
         JobKind(csv_imports.JOB_KIND, intake_import, max_attempts=csv_imports.JOB_ATTEMPTS,
                 timeout_seconds=csv_imports.JOB_TIMEOUT_SECONDS),
+        JobKind(email.JOB_KIND, send_message, max_attempts=email.MAX_ATTEMPTS),
         # Diagnostics: `herald jobs probe` and bench/engine.py measure the engine with these.
         JobKind("diag.noop", _noop),
         JobKind("diag.sleep", _sleep, timeout_seconds=MAX_DIAG_SLEEP + 60),

@@ -108,6 +108,8 @@ async def _save_form(request: Request, path: Path, params: dict[str, str | None]
         for key in params:
             value = form.get(key)
             if isinstance(value, str) and params[key] is None:
+                if "\x00" in value or len(value) > 10_000:
+                    raise InvalidInput.on(key, "must be at most 10,000 characters, with no NUL (\\u0000) characters")
                 params[key] = value
         with path.open("wb") as fh:
             while chunk := await upload.read(CHUNK):

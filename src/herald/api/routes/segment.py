@@ -36,7 +36,7 @@ from pydantic import BaseModel
 from herald.api import problems
 from herald.api.schemas import PROBLEMS, Problem
 from herald.bootstrap import Container
-from herald.domain.errors import FieldProblem, HeraldError
+from herald.domain.errors import FieldProblem, HeraldError, Unavailable
 from herald.services import segment
 
 log = structlog.get_logger(__name__)
@@ -72,13 +72,6 @@ class UnsupportedEncoding(HeraldError):
     status = 415
     title = "Unsupported media type"
     slug = "unsupported-encoding"
-
-
-class Unavailable(HeraldError):
-    status = 503
-    title = "Service unavailable"
-    slug = "unavailable"
-    headers = {"Retry-After": "1"}
 
 
 class Rejected(BaseModel):

@@ -12,6 +12,8 @@ from herald.api.schemas import (
     StoreConnectionUpdate,
     StoreCreate,
     StoreOut,
+    StoreSenderOut,
+    StoreSenderUpdate,
     WriteKeyCreated,
     page_of,
 )
@@ -77,3 +79,21 @@ def create_write_key(store_id: str, who: PrincipalDep, c: ContainerDep, idem: Id
         row, key = stores.create_write_key(conn, who, store_id)
         return idem.respond(conn, 201, WriteKeyCreated(store_id=row["id"], write_key=key,
                                                        write_key_prefix=row["write_key_prefix"]))
+
+
+def _sender(row: dict[str, Any]) -> StoreSenderOut:
+    return StoreSenderOut(store_id=row["id"], email_from=row["email_from"], email_from_name=row["email_from_name"],
+                          postal_address=row["postal_address"])
+
+
+@router.get("/{store_id}/sender", response_model=StoreSenderOut, summary="The store's email sender identity")
+def get_sender(store_id: str, who: PrincipalDep, c: ContainerDep) -> StoreSenderOut:
+    with c.engine.begin() as conn:
+        return _sender(workspaces.get_store(conn, who, store_id))
+
+
+@router.patch("/{store_id}/sender", response_model=StoreSenderOut,
+              summary="Set the From address and name, and the postal address printed in marketing email")
+def update_sender(store_id: str, body: StoreSenderUpdate, who: PrincipalDep, c: ContainerDep) -> StoreSenderOut:
+    with c.engine.begin() as conn:
+        return _sender(stores.set_sender(conn, who, store_id, **body.model_dump()))

@@ -1,0 +1,101 @@
+"""A workspace's channel providers (SMTP relays, SES/SendGrid/Mailgun accounts): stored with
+their secrets sealed, built into live provider objects by the channel adapters, and cached so
+that connection pools live across sends. Lower priority is tried first."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from herald.db.tables import providers
+from herald.domain.delivery import CallbackParser, Channel, ChannelAdapters, Provider, ProviderConfigError
+from herald.domain.errors import Conflict, InvalidInput, NotFound
+from herald.domain.ids import new_id
+from herald.services import vault
+
+
+def add_provider(conn: Connection, adapters: ChannelAdapters, master_key: bytes, workspace_id: str, *,
+                 channel: Channel, kind: str, name: str, config: Mapping[str, Any], secrets: Mapping[str, str],
+                 priority: int, now: datetime) -> dict[str, Any]:
+    kinds = adapters.provider_kinds(channel)
+    if kind not in kinds:
+        raise InvalidInput.on("kind", f"{channel} providers are {', '.join(kinds)}; got {kind!r}")
+    try:
+        adapters.make_provider(kind, config, secrets)  # refuses unusable settings now, not at the first send
+    except (ProviderConfigError, ValueError, TypeError, KeyError) as exc:
+        raise InvalidInput.on("config", f"{kind}: {exc}") from None
+    if conn.execute(select(providers.c.id).where(providers.c.workspace_id == workspace_id,
+                                                 providers.c.name == name)).first():
+        raise Conflict(f"a provider named {name!r} already exists in this workspace")
+    row = {"id": new_id("prv"), "workspace_id": workspace_id, "channel": channel, "kind": kind, "name": name,
+           "config": dict(config), "secrets": vault.seal(master_key, json.dumps(dict(secrets))) if secrets else None,
+           "priority": priority, "enabled": True, "created_at": now, "updated_at": now}
+    conn.execute(providers.insert().values(row))
+    return row
+
+
+def for_channel(conn: Connection, workspace_id: str, channel: str) -> list[dict[str, Any]]:
+    p = providers.c
+    query = (select(providers).where(p.workspace_id == workspace_id, p.channel == channel, p.enabled.is_(True))
+             .order_by(p.priority, p.id))
+    return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def get_provider(conn: Connection, provider_id: str) -> dict[str, Any]:
+    row = conn.execute(select(providers).where(providers.c.id == provider_id)).mappings().first()
+    if row is None:
+        raise NotFound(f"no provider {provider_id!r}")
+    return dict(row)
+
+
+def secrets_of(master_key: bytes, row: Mapping[str, Any]) -> dict[str, str]:
+    sealed = row.get("secrets")
+    return dict(json.loads(vault.unseal(master_key, sealed))) if sealed else {}
+
+
+class ProviderCache:
+    """Live provider objects by (provider id, updated_at): a changed row builds a new one."""
+
+    def __init__(self, adapters: ChannelAdapters, master_key: bytes) -> None:
+        self.adapters = adapters
+        self.master_key = master_key
+        self._live: dict[str, tuple[datetime, Provider]] = {}
+        self._stale: list[Provider] = []
+        self._parsers: dict[str, tuple[datetime, CallbackParser]] = {}
+        self._lock = threading.Lock()
+
+    def provider(self, row: Mapping[str, Any]) -> Provider:
+        with self._lock:
+            hit = self._live.get(row["id"])
+            if hit is not None and hit[0] == row["updated_at"]:
+                return hit[1]
+            made = self.adapters.make_provider(row["kind"], row["config"], secrets_of(self.master_key, row))
+            if hit is not None:
+                self._stale.append(hit[1])
+            self._live[row["id"]] = (row["updated_at"], made)
+            return made
+
+    def callback_parser(self, row: Mapping[str, Any]) -> tuple[CallbackParser, list[str]]:
+        """The provider's callback parser (kept, so its replay cache lives) and the keys that
+        verify its callbacks (the current `webhook_key` and, during a rotation, the previous)."""
+        secrets = secrets_of(self.master_key, row)
+        with self._lock:
+            hit = self._parsers.get(row["id"])
+            if hit is None or hit[0] != row["updated_at"]:
+                hit = (row["updated_at"], self.adapters.callback_parser(row["kind"], row["config"], secrets))
+                self._parsers[row["id"]] = hit
+        keys = [secrets[name] for name in ("webhook_key", "previous_webhook_key") if secrets.get(name)]
+        return hit[1], keys
+
+    async def aclose(self) -> None:
+        with self._lock:
+            everything = [p for _at, p in self._live.values()] + self._stale
+            self._live.clear()
+            self._stale.clear()
+        for provider in everything:
+            await provider.aclose()
