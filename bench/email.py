@@ -19,6 +19,12 @@ shown), the reference and herald runs interleaved.
 
 from __future__ import annotations
 
+import sys
+
+# This file is named like the stdlib package `email`: take its directory off the import path
+# before anything imports `email`.
+sys.path[:] = [p for p in sys.path if p not in ("", __file__.rpartition("/")[0] or ".")]
+
 import argparse
 import asyncio
 import json
@@ -29,7 +35,6 @@ import shutil
 import socket
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
