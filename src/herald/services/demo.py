@@ -21,10 +21,29 @@ from herald.db.tables import (
     stores,
     workspaces,
 )
+from herald.domain.auth import Principal
 from herald.domain.ids import new_id
-from herald.services import identity
+from herald.services import identity, templates
 
 DEMO_SLUG = "demo"
+
+_ORDER_MJML = """<mjml><mj-body background-color="#f4f4f4"><mj-section background-color="#ffffff"><mj-column>
+  <mj-text font-size="20px">{greeting}, {{{{ contact.first_name | default: "{friend}" }}}}!</mj-text>
+  <mj-text>{received} <b>{{{{ order.name }}}}</b>.</mj-text>
+  <mj-table>{{% for line in order.lines %}}<tr><td>{{{{ line.quantity }}}} x {{{{ line.title }}}}</td>
+    <td align="right">{{{{ line.price }}}} {{{{ order.currency }}}}</td></tr>{{% endfor %}}
+    <tr><td><b>Total</b></td><td align="right"><b>{{{{ order.total }}}} {{{{ order.currency }}}}</b></td></tr>
+  </mj-table>
+  <mj-button href="{{{{ order.status_url }}}}">{button}</mj-button>
+  <mj-text font-size="11px" color="#777">{{{{ store.name }}}} · {{{{ store.address }}}}</mj-text>
+</mj-column></mj-section></mj-body></mjml>"""
+DEMO_TEMPLATE = {
+    "en": {"subject": "Order {{ order.name }} confirmed", "body": _ORDER_MJML.format(
+        greeting="Thank you", friend="friend", received="We received your order", button="View your order")},
+    "fr": {"subject": "Commande {{ order.name }} confirmée", "body": _ORDER_MJML.format(
+        greeting="Merci", friend="cher client", received="Nous avons bien reçu votre commande",
+        button="Voir votre commande")},
+}
 
 # (country, language, zone, weight)
 MARKETS = [
@@ -60,10 +79,12 @@ def load(conn: Connection, *, now: datetime, contact_count: int = 300, seed: int
                                            created_at=now))
     shop = {"id": new_id("st"), "workspace_id": ws, "name": "Aurora Outdoor", "platform": "shopify",
             "domain": "aurora-outdoor.example", "currency": "USD", "timezone": "America/New_York",
-            "created_at": now}
+            "email_from": "orders@aurora-outdoor.example", "email_from_name": "Aurora Outdoor",
+            "postal_address": "Aurora Outdoor Inc., 200 Summit Ave, Boulder, CO 80302, USA", "created_at": now}
     woo = {"id": new_id("st"), "workspace_id": ws, "name": "Maison Lumière", "platform": "woocommerce",
            "domain": "maison-lumiere.example", "currency": "EUR", "timezone": "Europe/Paris",
-           "created_at": now}
+           "email_from": "bonjour@maison-lumiere.example", "email_from_name": "Maison Lumière",
+           "postal_address": "Maison Lumière SAS, 12 rue de la Paix, 75002 Paris, France", "created_at": now}
     conn.execute(insert(stores), [shop, woo])
     rows: dict[str, list[dict[str, Any]]] = {k: [] for k in
                                               ("contacts", "ids", "links", "consent", "orders", "lines", "events")}
@@ -78,6 +99,9 @@ def load(conn: Connection, *, now: datetime, contact_count: int = 300, seed: int
         conn.execute(insert(order_lines), rows["lines"])
     conn.execute(insert(events), rows["events"])
     identity.recompute_aggregates(conn, [c["id"] for c in rows["contacts"]], now)
+    templates.create_template(conn, Principal("demo", ws, None), name="order-confirmation", channel="email",
+                              purpose="transactional", default_language="en", variants=DEMO_TEMPLATE,
+                              store_id=None, now=now)
     return {"workspace_id": ws, "store_ids": [shop["id"], woo["id"]], "contacts": contact_count,
             "orders": len(rows["orders"])}
 
