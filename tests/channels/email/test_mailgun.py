@@ -14,15 +14,12 @@ import hmac
 import json
 import re
 import secrets
-import threading
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from email.policy import default
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,6 +37,7 @@ from herald.domain.delivery import (
     SendResult,
     SignatureError,
 )
+from tests.channels.email.httpserver import Posted, json_reply, serve_posts
 from tests.stores.localserver import Reply
 
 PAYLOADS = Path(__file__).parent / "payloads" / "mailgun"
@@ -56,49 +54,6 @@ def run(use: Callable[[], Awaitable[T]]) -> T:
 class FixedClock:
     def now(self) -> datetime:
         return NOW
-
-
-# ---- a local HTTP server that records POSTs (tests/stores/localserver.py only serves GET) -------------
-
-@dataclass(frozen=True)
-class Posted:
-    path: str
-    headers: dict[str, str]   # lower-cased names
-    body: bytes
-
-
-@contextmanager
-def serve_posts(answer: Callable[[Posted], Reply]) -> Iterator[tuple[str, list[Posted]]]:
-    seen: list[Posted] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            posted = Posted(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-            seen.append(posted)
-            reply = answer(posted)
-            self.send_response(reply.status)
-            for name, value in {"Content-Type": "application/json", **reply.headers}.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(reply.body)))
-            self.end_headers()
-            self.wfile.write(reply.body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            return
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", seen
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
 
 
 @dataclass(frozen=True)
@@ -123,10 +78,6 @@ def form_fields(posted: Posted) -> dict[str, FormField]:
         fields[name[1]] = FormField(filename[1] if filename else None, headers.get("Content-Type"),
                                     data.removesuffix(b"\r\n"))
     return fields
-
-
-def json_reply(status: int, body: Any = None, headers: dict[str, str] | None = None) -> Reply:
-    return Reply(status, b"" if body is None else json.dumps(body).encode(), headers or {})
 
 
 MESSAGE = OutboundMessage(

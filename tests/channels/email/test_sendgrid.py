@@ -8,13 +8,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import socket
-import threading
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,6 +31,7 @@ from herald.domain.delivery import (
     SignatureError,
     UnsupportedFeature,
 )
+from tests.channels.email.httpserver import closed_port, json_reply, serve_posts
 from tests.stores.localserver import Reply
 
 PAYLOADS = Path(__file__).parent / "payloads" / "sendgrid"
@@ -50,58 +47,6 @@ def run(use: Callable[[], Awaitable[T]]) -> T:
 class FixedClock:
     def now(self) -> datetime:
         return NOW
-
-
-# ---- a local HTTP server that records POSTs (tests/stores/localserver.py only serves GET) -------------
-
-@dataclass(frozen=True)
-class Posted:
-    path: str
-    headers: dict[str, str]   # lower-cased names
-    body: bytes
-
-
-@contextmanager
-def serve_posts(answer: Callable[[Posted], Reply | None]) -> Iterator[tuple[str, list[Posted]]]:
-    """POSTs answered by `answer`; None closes the connection without an answer (after the whole
-    request was read)."""
-    seen: list[Posted] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            posted = Posted(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-            seen.append(posted)
-            reply = answer(posted)
-            if reply is None:
-                self.close_connection = True
-                return
-            self.send_response(reply.status)
-            for name, value in {"Content-Type": "application/json", **reply.headers}.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(reply.body)))
-            self.end_headers()
-            self.wfile.write(reply.body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            return
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", seen
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
-
-
-def json_reply(status: int, body: Any = None, headers: dict[str, str] | None = None) -> Reply:
-    return Reply(status, b"" if body is None else json.dumps(body).encode(), headers or {})
 
 
 def a_message(**email_changes: Any) -> OutboundMessage:
@@ -150,6 +95,12 @@ def test_a_message_is_posted_as_documented_and_accepted_with_the_x_message_id() 
     assert base64.b64decode(attachment["content"]) == b"%PDF-1.4 bytes"
     assert attachment | {"content": ""} == {"content": "", "type": "application/pdf", "filename": "invoice.pdf",
                                             "disposition": "attachment"}
+    # Herald tracks clicks and opens and writes List-Unsubscribe itself: SendGrid's own are off.
+    assert body["tracking_settings"] == {"click_tracking": {"enable": False, "enable_text": False},
+                                         "open_tracking": {"enable": False},
+                                         "subscription_tracking": {"enable": False}}
+    assert set(body) == {"personalizations", "from", "reply_to", "subject", "content", "headers", "attachments",
+                         "tracking_settings"}
 
 
 def test_text_only_international_domain_and_non_ascii_header_values() -> None:
@@ -228,10 +179,7 @@ def test_a_connection_lost_after_the_request_may_have_sent_it_a_refused_one_did_
     with serve_posts(lambda _: None) as (url, seen):
         dropped = send(url)
     assert len(seen) >= 1   # the server read the whole request before hanging up
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
-    refused = send(f"http://127.0.0.1:{closed_port}")
+    refused = send(f"http://127.0.0.1:{closed_port()}")
     assert (dropped.status, dropped.reason, dropped.maybe_sent) == ("retry", FailureReason.PROVIDER_DOWN, True)
     assert (refused.status, refused.reason, refused.maybe_sent) == ("retry", FailureReason.PROVIDER_DOWN, False)
 

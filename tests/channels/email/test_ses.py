@@ -18,14 +18,12 @@ import email
 import email.policy
 import json
 import re
-import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -56,6 +54,7 @@ from herald.domain.delivery import (
     SendResult,
     SignatureError,
 )
+from tests.channels.email.httpserver import PostAnswer, Posted, closed_port, serve_posts
 from tests.stores.localserver import Reply, Request, Tls, self_signed_tls, serve
 
 PAYLOADS = Path(__file__).parent / "payloads" / "ses"
@@ -210,17 +209,6 @@ def test_sigv4_takes_host_from_the_url_and_refuses_to_sign_its_own_headers_twice
 
 # ---- a local SES v2 endpoint ------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Posted:
-    method: str
-    path: str
-    headers: dict[str, str]   # lower-cased names
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
 _AUTHORIZATION = re.compile(r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<date>\d{8})/(?P<region>[^/]+)/"
                             r"(?P<service>[^/]+)/aws4_request, SignedHeaders=(?P<names>[a-z0-9;-]+), "
                             r"Signature=[0-9a-f]{64}")
@@ -253,51 +241,22 @@ def aws_error(status: int, code: str, message: str, **headers: str) -> Reply:
                   "x-amzn-RequestId": "c1b5e8f0-0000-4000-8000-000000000000", **headers})
 
 
-@contextmanager
-def ses_endpoint(answer: Callable[[Posted], Reply | None] | None = None) -> Iterator[tuple[str, list[Posted]]]:
+def ses_endpoint(answer: PostAnswer | None = None) -> AbstractContextManager[tuple[str, list[Posted]]]:
     """SES v2 on 127.0.0.1: every request's signature is checked first (403 when AWS would refuse
     it), then `answer` replies (by default: accepted with a MessageId); None from `answer` drops
     the connection after reading the whole request."""
-    seen: list[Posted] = []
 
     def accept(_: Posted) -> Reply:
         return Reply(200, b'{"MessageId":"010201900a0b0c0d-11111111-2222-3333-4444-555555555555-000000"}')
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    def checked(posted: Posted) -> Reply | None:
+        problem = signature_problem(posted)
+        if problem:
+            return aws_error(403, problem, "The request signature we calculated does not match the signature you "
+                                           "provided.")
+        return accept(posted) if answer is None else answer(posted)
 
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            posted = Posted("POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-            seen.append(posted)
-            problem = signature_problem(posted)
-            if problem:
-                reply: Reply | None = aws_error(403, problem, "The request signature we calculated does not match "
-                                                              "the signature you provided.")
-            else:
-                reply = accept(posted) if answer is None else answer(posted)
-            if reply is None:
-                self.close_connection = True
-                return
-            self.send_response(reply.status)
-            for name, value in {"Content-Type": "application/json", **reply.headers}.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(reply.body)))
-            self.end_headers()
-            self.wfile.write(reply.body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            return
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", seen
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+    return serve_posts(checked)
 
 
 SES_MESSAGE_ID = "010201900a0b0c0d-11111111-2222-3333-4444-555555555555-000000"
@@ -422,10 +381,7 @@ def test_ses_answers_become_outcomes(reply: Reply, status: str, reason: FailureR
 
 
 def test_a_refused_connection_was_not_sent() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    result = send(f"http://127.0.0.1:{port}")
+    result = send(f"http://127.0.0.1:{closed_port()}")
     assert (result.status, result.reason, result.maybe_sent) == ("retry", FailureReason.PROVIDER_DOWN, False)
 
 

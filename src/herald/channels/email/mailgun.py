@@ -42,17 +42,19 @@ import httpx
 import orjson
 
 from herald.channels.email.classify import classify, parse_status
-from herald.channels.email.mime import build_mime, transport_address
-from herald.channels.email.sendgrid import (
+from herald.channels.email.http import (
     DEFAULT_TOLERANCE,
-    DETAIL_LIMIT,
     check_fresh,
     default_client,
+    error_detail,
+    json_object,
+    other_error_outcome,
     retry_after_seconds,
     text_or_none,
     transport_failure,
     unix_time,
 )
+from herald.channels.email.mime import build_mime, transport_address
 from herald.domain.clock import Clock, SystemClock
 from herald.domain.delivery import (
     CallbackRequest,
@@ -124,25 +126,16 @@ def send_outcome(message_id: str, response: httpx.Response, now: datetime) -> Se
     said = _error_message(response)
     if 200 <= status < 300:
         return SendResult.accepted(message_id, _queued_id(response), detail=said)
-    detail = f"Mailgun HTTP {status}: {said}"[:DETAIL_LIMIT] if said else f"Mailgun HTTP {status}"
-    code = str(status)
+    detail = error_detail("Mailgun", status, said)
     if status == 429:
-        return SendResult.retry(message_id, FailureReason.THROTTLED, detail, provider_code=code,
+        return SendResult.retry(message_id, FailureReason.THROTTLED, detail, provider_code=str(status),
                                 retry_after=retry_after_seconds(response.headers.get("retry-after"), now))
     if status in (401, 402, 403, 404):
         # Our key, our account (402: plan/billing, 403: domain not allowed) or our domain/region
         # (404): retryable, so messages wait while the seller fixes the settings.
         return SendResult.retry(message_id, FailureReason.AUTH_FAILED, detail + _HINTS.get(status, ""),
-                                provider_code=code)
-    if status >= 500:
-        return SendResult.retry(message_id, FailureReason.PROVIDER_DOWN, detail, provider_code=code,
-                                retry_after=retry_after_seconds(response.headers.get("retry-after"), now),
-                                maybe_sent=status in (502, 504))
-    if status == 413:
-        return SendResult.failed(message_id, FailureReason.CONTENT_REJECTED, detail, provider_code=code)
-    if status == 400:
-        return SendResult.failed(message_id, _reason_of_bad_request(said), detail, provider_code=code)
-    return SendResult.failed(message_id, FailureReason.UNKNOWN, detail, provider_code=code)
+                                provider_code=str(status))
+    return other_error_outcome(message_id, response, now, detail, _reason_of_bad_request(said))
 
 
 _HINTS = {
@@ -153,23 +146,15 @@ _HINTS = {
 }
 
 
-def _json_object(response: httpx.Response) -> Json | None:
-    try:
-        data = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _error_message(response: httpx.Response) -> str:
-    data = _json_object(response)
+    data = json_object(response.content)
     if data is not None:
         return str(data.get("message") or "")
     return response.text.strip()[:300]
 
 
 def _queued_id(response: httpx.Response) -> str | None:
-    data = _json_object(response)
+    data = json_object(response.content)
     return bare_message_id(data.get("id")) if data is not None else None
 
 

@@ -4,7 +4,7 @@ between `herald.domain.delivery` and SendGrid's wire formats; no database, no lo
 Sources (checked, not guessed):
   * Mail Send: `POST /v3/mail/send`, `Authorization: Bearer <API key>`, JSON body with
     personalizations[{to, custom_args}], from {email, name}, reply_to, subject, content, headers,
-    attachments (sendgrid/docs "v3 Mail Send" reference). Quirks kept here:
+    attachments, tracking_settings (sendgrid/docs "v3 Mail Send" reference). Quirks kept here:
       - content: "If you choose to include the text/plain or text/html mime types, they must be the
         first indices of the content array in the order text/plain, text/html";
       - headers: "Must not be any of the following reserved headers: x-sg-id, x-sg-eid, received,
@@ -36,12 +36,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from email.header import Header
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -53,6 +51,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
 
 from herald.channels.email.classify import classify, parse_status
+from herald.channels.email.http import (
+    DEFAULT_TOLERANCE,
+    check_fresh,
+    default_client,
+    error_detail,
+    json_object,
+    other_error_outcome,
+    retry_after_seconds,
+    text_or_none,
+    transport_failure,
+    unix_time,
+)
 from herald.channels.email.mime import idna_domain
 from herald.domain.clock import Clock, SystemClock
 from herald.domain.delivery import (
@@ -74,85 +84,21 @@ DEFAULT_BASE_URL = "https://api.sendgrid.com"
 MESSAGE_ID_ARG = "herald_message_id"   # our id, in custom_args; echoed as a top-level event key
 SIGNATURE_HEADER = "x-twilio-email-event-webhook-signature"
 TIMESTAMP_HEADER = "x-twilio-email-event-webhook-timestamp"
-DEFAULT_TOLERANCE = timedelta(minutes=10)
 RESERVED_HEADERS = frozenset({
     "x-sg-id", "x-sg-eid", "received", "dkim-signature", "content-type", "content-transfer-encoding",
     "to", "from", "subject", "reply-to", "cc", "bcc",
 })
-DETAIL_LIMIT = 1000
+# Herald tracks clicks and opens itself (signed links, its own pixel) and writes its own
+# List-Unsubscribe headers, so SendGrid must not rewrite links, add a pixel or append its
+# unsubscribe footer (Mail Send `tracking_settings`; twilio/sendgrid-oai spec/yaml/tsg_mail_v3.yaml:
+# click_tracking {enable, enable_text}, open_tracking {enable}, subscription_tracking {enable}).
+TRACKING_OFF: dict[str, dict[str, bool]] = {
+    "click_tracking": {"enable": False, "enable_text": False},
+    "open_tracking": {"enable": False},
+    "subscription_tracking": {"enable": False},
+}
 
 Json = dict[str, Any]
-
-
-# ---- shared by the HTTP email providers (mailgun.py imports these) -------------------------------
-
-def default_client() -> httpx.AsyncClient:
-    """One pooled client per provider: a send is one short request, so keep connections warm and
-    bound the wait for each phase."""
-    return httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0),
-                             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
-
-
-# Raised before the request can have reached the provider's application: nothing was sent.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteError, httpx.WriteTimeout,
-             httpx.LocalProtocolError, httpx.UnsupportedProtocol, httpx.ProxyError)
-
-
-def transport_failure(message_id: str, exc: httpx.HTTPError, provider: str) -> SendResult:
-    """A request that got no HTTP answer. Once the whole request was written (a read timeout, a
-    connection reset while waiting) the provider may have queued the message: `maybe_sent`, so
-    feedback reconciles a duplicate by our id."""
-    detail = f"no answer from {provider} ({type(exc).__name__}: {exc})"[:DETAIL_LIMIT]
-    return SendResult.retry(message_id, FailureReason.PROVIDER_DOWN, detail, maybe_sent=not isinstance(exc, _NOT_SENT))
-
-
-def retry_after_seconds(value: str | None, now: datetime) -> float | None:
-    """RFC 9110 Retry-After: delay-seconds or an HTTP-date; None when absent or unreadable."""
-    if not value or not value.strip():
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value.strip())
-        except (TypeError, ValueError, IndexError):
-            return None
-        seconds = ((when if when.tzinfo else when.replace(tzinfo=UTC)) - now).total_seconds()
-    return max(0.0, seconds) if math.isfinite(seconds) else None
-
-
-def unix_time(value: object) -> datetime | None:
-    """A Unix timestamp (int, float or digit string) as an aware UTC datetime."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        return None
-    try:
-        return datetime.fromtimestamp(float(value), UTC)
-    except (ValueError, OverflowError, OSError):
-        return None
-
-
-def check_fresh(timestamp: str, now: datetime, tolerance: timedelta, provider: str) -> None:
-    """A signed timestamp (Unix seconds) within `tolerance` of now, either side (clock skew)."""
-    digits = timestamp.strip()
-    when = unix_time(digits) if digits.isascii() and digits.isdigit() else None
-    if when is None:
-        raise SignatureError(f"{provider} webhook timestamp {timestamp[:40]!r} is not Unix seconds")
-    if abs(now - when) > tolerance:
-        raise SignatureError(f"{provider} webhook timestamp {when.isoformat()} is outside the accepted window "
-                             f"of {tolerance} around now: a replay, or a clock out of sync")
-
-
-def text_or_none(value: object) -> str | None:
-    return (value.strip() or None) if isinstance(value, str) else None
-
-
-_REPLY_CODE = re.compile(r"^\s*([245]\d\d)(?!\d)")
-
-
-def reply_code_in(text: str | None) -> int | None:
-    """The SMTP reply code a receiver's answer starts with ("550 5.1.1 ...")."""
-    match = _REPLY_CODE.match(text or "")
-    return int(match[1]) if match else None
 
 
 # ---- sending ---------------------------------------------------------------------------------------
@@ -196,7 +142,7 @@ def mail_send_body(message: OutboundMessage) -> bytes:
     email = _email_of(message)
     personalization: Json = {"to": [{"email": idna_address(message.to)}], "custom_args": {MESSAGE_ID_ARG: message.id}}
     body: Json = {"personalizations": [personalization], "from": _address(email.from_address, email.from_name),
-                  "subject": email.subject, "content": _content(email)}
+                  "subject": email.subject, "content": _content(email), "tracking_settings": TRACKING_OFF}
     if email.reply_to:
         body["reply_to"] = _address(email.reply_to, None)
     headers = _extra_headers(email.headers)
@@ -257,42 +203,26 @@ def send_outcome(message_id: str, response: httpx.Response, now: datetime) -> Se
     if 200 <= status < 300:
         return SendResult.accepted(message_id, text_or_none(response.headers.get("x-message-id")))
     errors = _errors_of(response)
-    detail = _error_detail(status, errors, response)
-    code = str(status)
+    detail = error_detail("SendGrid", status, _said(errors, response))
     if status == 429:
-        return SendResult.retry(message_id, FailureReason.THROTTLED, detail, provider_code=code,
+        return SendResult.retry(message_id, FailureReason.THROTTLED, detail, provider_code=str(status),
                                 retry_after=_rate_limit_wait(response.headers, now))
     if status in (401, 403):
         # Our credentials or sender identity: retryable, so the message waits while the seller
         # fixes the settings instead of being lost.
-        return SendResult.retry(message_id, FailureReason.AUTH_FAILED, detail, provider_code=code)
-    if status >= 500:
-        # A gateway error (502/504) means a proxy lost its upstream, which may have queued the mail.
-        return SendResult.retry(message_id, FailureReason.PROVIDER_DOWN, detail, provider_code=code,
-                                retry_after=retry_after_seconds(response.headers.get("retry-after"), now),
-                                maybe_sent=status in (502, 504))
-    if status == 413:
-        return SendResult.failed(message_id, FailureReason.CONTENT_REJECTED, detail, provider_code=code)
-    if status == 400:
-        return SendResult.failed(message_id, _reason_of_bad_request(errors), detail, provider_code=code)
-    return SendResult.failed(message_id, FailureReason.UNKNOWN, detail, provider_code=code)
+        return SendResult.retry(message_id, FailureReason.AUTH_FAILED, detail, provider_code=str(status))
+    return other_error_outcome(message_id, response, now, detail, _reason_of_bad_request(errors))
 
 
 def _errors_of(response: httpx.Response) -> list[Json]:
-    try:
-        data = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        return []
-    errors = data.get("errors") if isinstance(data, dict) else None
+    errors = (json_object(response.content) or {}).get("errors")
     return [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
 
 
-def _error_detail(status: int, errors: list[Json], response: httpx.Response) -> str:
+def _said(errors: list[Json], response: httpx.Response) -> str:
     said = "; ".join(f"{e['field']}: {e.get('message')}" if e.get("field") else str(e.get("message"))
                      for e in errors)
-    if not said:
-        said = response.text.strip()[:300]
-    return f"SendGrid HTTP {status}: {said}"[:DETAIL_LIMIT] if said else f"SendGrid HTTP {status}"
+    return said or response.text.strip()[:300]
 
 
 _RECIPIENT_FIELD = re.compile(r"^personalizations\.\d+\.(?:to|cc|bcc)\b")
@@ -421,6 +351,15 @@ def sendgrid_message_id(value: object) -> str | None:
     """sg_message_id without the ".filter0001..."/".recvd-..." part: the X-Message-Id of the send."""
     text = text_or_none(value)
     return _MACHINE_SUFFIX.split(text, maxsplit=1)[0] if text else None
+
+
+_REPLY_CODE = re.compile(r"^\s*([245]\d\d)(?!\d)")
+
+
+def reply_code_in(text: str | None) -> int | None:
+    """The SMTP reply code a receiver's answer starts with ("550 5.1.1 ...")."""
+    match = _REPLY_CODE.match(text or "")
+    return int(match[1]) if match else None
 
 
 def _delivered(record: Mapping[str, Any]) -> DeliveryEvent:

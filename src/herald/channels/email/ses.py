@@ -39,13 +39,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -58,6 +56,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from herald.channels.email.aws import sign_v4
 from herald.channels.email.classify import classify, parse_status
+from herald.channels.email.http import DETAIL_LIMIT, default_client, json_object, retry_after_seconds, transport_failure
 from herald.channels.email.mime import build_mime, transport_address
 from herald.domain.clock import Clock, SystemClock
 from herald.domain.delivery import (
@@ -82,7 +81,6 @@ KEY = "ses"
 SEND_PATH = "/v2/email/outbound-emails"
 SIGNING_SERVICE = "ses"              # sesv2 metadata: endpointPrefix "email", signingName "ses"
 MESSAGE_ID_TAG = "herald_message_id"
-DETAIL_LIMIT = 1000
 
 Json = dict[str, Any]
 R = FailureReason
@@ -92,12 +90,6 @@ _TAG_VALUE = re.compile(r"[A-Za-z0-9_-]{1,256}")
 
 
 # ---- sending ---------------------------------------------------------------------------------------
-
-def default_client() -> httpx.AsyncClient:
-    """A send is one short request: keep connections warm, bound every phase."""
-    return httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0, pool=10.0),
-                             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
-
 
 class SesProvider:
     """SES v2 SendEmail with the raw MIME of mime.build_mime; our id travels as the
@@ -138,7 +130,7 @@ class SesProvider:
         try:
             response = await self._client.post(self.url, content=body, headers=self._headers(body, now))
         except httpx.RequestError as exc:
-            return transport_failure(message.id, exc)
+            return transport_failure(message.id, exc, "SES")
         return send_outcome(message.id, response, self._clock.now())
 
     async def aclose(self) -> None:
@@ -180,18 +172,6 @@ def ses_address(address: str) -> str:
     if not local.isascii():
         raise ValueError("SES does not support SMTPUTF8: the part before the @ must be ASCII")
     return transport_address(address)
-
-
-# Raised before the request can have reached SES: nothing was sent.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteError, httpx.WriteTimeout,
-             httpx.LocalProtocolError, httpx.UnsupportedProtocol, httpx.ProxyError)
-
-
-def transport_failure(message_id: str, exc: httpx.RequestError) -> SendResult:
-    """No HTTP answer. Once the whole request was written (a read timeout, a reset while waiting)
-    SES may have accepted the message: `maybe_sent`, feedback reconciles a duplicate by our id."""
-    detail = f"no answer from SES ({type(exc).__name__}: {exc})"[:DETAIL_LIMIT]
-    return SendResult.retry(message_id, R.PROVIDER_DOWN, detail, maybe_sent=not isinstance(exc, _NOT_SENT))
 
 
 # Error codes by what they mean for the message. The credential codes come from SigV4 and IAM
@@ -245,7 +225,7 @@ def send_outcome(message_id: str, response: httpx.Response, now: datetime) -> Se
 
 
 def _accepted(message_id: str, response: httpx.Response) -> SendResult:
-    data = _json_object(response.content)
+    data = json_object(response.content)
     ses_id = data.get("MessageId") if data else None
     if isinstance(ses_id, str) and ses_id:
         return SendResult.accepted(message_id, ses_id)
@@ -254,7 +234,7 @@ def _accepted(message_id: str, response: httpx.Response) -> SendResult:
 
 def error_of(response: httpx.Response) -> tuple[str | None, str]:
     """(the AWS error code, its message) of an error answer; the code without namespace or URI."""
-    data = _json_object(response.content) or {}
+    data = json_object(response.content) or {}
     code = response.headers.get("x-amzn-errortype") or data.get("__type") or data.get("code") or data.get("Code")
     message = data.get("message") or data.get("Message")
     if not isinstance(message, str):
@@ -270,26 +250,7 @@ def retry_after(headers: httpx.Headers, now: datetime) -> float | None:
     millis = headers.get("x-amz-retry-after", "").strip()
     if millis.isdigit():
         return int(millis) / 1000.0
-    value = headers.get("retry-after", "").strip()
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        seconds = ((when if when.tzinfo else when.replace(tzinfo=UTC)) - now).total_seconds()
-    return max(0.0, seconds) if math.isfinite(seconds) else None
-
-
-def _json_object(data: bytes) -> Json | None:
-    try:
-        value = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
+    return retry_after_seconds(headers.get("retry-after"), now)
 
 
 # ---- SNS: verifying the envelope --------------------------------------------------------------------
@@ -362,7 +323,7 @@ class SesEventParser:
         envelope = await self.verify(request, now)
         if envelope["Type"] != "Notification":
             return []   # SubscriptionConfirmation: the caller confirms it with confirm_subscription()
-        record = _json_object(envelope["Message"].encode("utf-8"))
+        record = json_object(envelope["Message"].encode("utf-8"))
         return events_from_ses(record) if record is not None else []
 
     @staticmethod
@@ -370,7 +331,7 @@ class SesEventParser:
         """Whether SNS asks us to confirm a subscription (read before verification; verify follows)."""
         if request.headers.get("x-amz-sns-message-type") == "SubscriptionConfirmation":
             return True
-        envelope = _json_object(request.body)
+        envelope = json_object(request.body)
         return envelope is not None and envelope.get("Type") == "SubscriptionConfirmation"
 
     async def confirm_subscription(self, request: CallbackRequest, now: datetime | None = None) -> None:
@@ -391,7 +352,7 @@ class SesEventParser:
 
     async def verify(self, request: CallbackRequest, now: datetime) -> Json:
         """The envelope, once its signature, topic, certificate and age check out; else SignatureError."""
-        envelope = _json_object(request.body)
+        envelope = json_object(request.body)
         if envelope is None:
             raise SignatureError("an SNS message is a JSON object")
         canonical = sns_string_to_sign(envelope)
