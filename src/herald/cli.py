@@ -662,4 +662,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m herald.cli`: run the importable module's app, the one cli_email registered its
+    # commands on (this __main__ copy is a different module object).
+    from herald.cli import main as _main
+
+    _main()

@@ -73,10 +73,14 @@ def _find(conn: Connection, event: DeliveryEvent, workspace_id: str | None) -> A
 def _record(conn: Connection, message: Row[Any], event: DeliveryEvent, now: datetime) -> bool:
     """Write the event to the message's history and move its status; False for a repeat."""
     e = message_events.c
-    if event.kind in STATUS_EVENTS:
-        seen = conn.execute(select(exists().where(e.message_id == message.id, e.status == event.kind))).scalar()
-        if seen:
-            return False
+    if event.kind in STATUS_EVENTS:  # a status is recorded once, whenever it arrives again
+        repeat = exists().where(e.message_id == message.id, e.status == event.kind)
+    elif event.provider != "herald" and event.occurred_at is not None:  # a provider's replayed open/click
+        repeat = exists().where(e.message_id == message.id, e.status == event.kind, e.occurred_at == event.occurred_at)
+    else:
+        repeat = None
+    if repeat is not None and conn.execute(select(repeat)).scalar():
+        return False
     occurred = event.occurred_at or now
     conn.execute(message_events.insert().values(
         workspace_id=message.workspace_id, message_id=message.id, status=event.kind,
@@ -124,8 +128,9 @@ def _consequence(conn: Connection, message: Row[Any], event: DeliveryEvent, *, n
         withdraw_marketing(conn, message, source=source, now=now)
     if reason is None:
         return False
-    address = event.recipient or message.to_address
-    return suppressions.suppress(conn, message.workspace_id, message.channel, address, reason, source=source,
+    # The matched message's recipient, never the address the report names: complaint reports often
+    # rewrite it, and an unauthenticated report must not be able to suppress an arbitrary address.
+    return suppressions.suppress(conn, message.workspace_id, message.channel, message.to_address, reason, source=source,
                                  now=now, message_id=message.id, detail=event.detail or None)
 
 

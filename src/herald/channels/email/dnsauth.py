@@ -176,7 +176,8 @@ def _passed(record: str) -> MechanismCheck:
 
 
 def _publish(name: str, value: str) -> str:
-    return f'publish TXT {name} "{value}"'
+    """In zone-file form: a value over 255 bytes is split into quoted strings (RFC 7208 §3.3)."""
+    return f"publish TXT {name} " + " ".join(f'"{part}"' for part in txt_strings(value))
 
 
 def _joined(values: Sequence[str]) -> str:
