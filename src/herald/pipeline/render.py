@@ -49,13 +49,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from io import StringIO
-from typing import ClassVar, Final, Literal
+from typing import ClassVar, Final, Literal, TextIO
 
 import css_inline
 import mjml
-from liquid import Environment, Mode, RenderContext, Undefined
+from liquid import Environment, Mode, RenderContext, Undefined, escape
+from liquid.builtin import content as liquid_content
+from liquid.builtin.expressions import FilteredExpression, Path
+from liquid.builtin.output import Output, OutputNode
 from liquid.context import builtin as liquid_builtins
 from liquid.exceptions import LiquidError, OutputStreamLimitError
+from liquid.expression import Expression
+from liquid.stringify import to_liquid_string
 from liquid.template import BoundTemplate
 from liquid.token import Token
 from liquid.undefined import UNDEFINED, FalsyStrictUndefined
@@ -215,6 +220,75 @@ class _FastContext(RenderContext):
 _MISSING: Final = object()
 
 
+class _FastOutputNode(OutputNode):
+    """`{{ a.b.c }}` without filters rendered in one call: the library's chain (Node.render ->
+    render_to_output -> FilteredExpression.evaluate -> Path.evaluate -> context.get) costs five
+    Python calls per output statement, most of a render. Same lookup as _FastContext.get (a
+    miss goes to the library), same stringification; any other expression takes the library's
+    path. An output statement is never a disabled tag (Node.render checks only tags)."""
+
+    __slots__ = ("_path", "_path_token")
+
+    def __init__(self, token: Token, expression: Expression) -> None:
+        super().__init__(token, expression)
+        self._path: tuple[str, ...] | None = None
+        self._path_token: Token | None = None
+        if isinstance(expression, FilteredExpression) and not expression.filters \
+                and isinstance(expression.left, Path) and all(type(s) is str for s in expression.left.path):
+            self._path = tuple(expression.left.path)   # type: ignore[arg-type]
+            self._path_token = expression.left.token
+
+    def render(self, context: RenderContext, buffer: TextIO) -> int:
+        path = self._path
+        if path is None:
+            return self.render_to_output(context, buffer)
+        obj: object = _MISSING
+        for namespace in context.scope._maps:
+            if path[0] in namespace:
+                obj = namespace[path[0]]
+                break
+        for segment in path[1:]:
+            if type(obj) is not dict or segment in _SPECIAL_PROPERTIES or segment not in obj:
+                obj = _MISSING
+                break
+            obj = obj[segment]
+        if obj is _MISSING:
+            obj = context.get(list(path), token=self._path_token)
+        if type(obj) is str:   # to_liquid_string's first case
+            text: str = escape(obj) if context.autoescape else obj
+        else:
+            text = to_liquid_string(obj, context.autoescape)
+        if type(buffer) is not _CappedBuffer:   # a capture's or a blank block's buffer
+            return buffer.write(text)
+        buffer._left -= len(text)   # _CappedBuffer.write, inlined: a call per write is a good part of a render
+        if buffer._left < 0:
+            raise OutputStreamLimitError("output stream limit reached", token=None)
+        return _stringio_write(buffer, text)
+
+
+class _FastOutput(Output):
+    node_class = _FastOutputNode
+
+
+class _FastContentNode(liquid_content.ContentNode):
+    """Template text written without Node.render's indirection (content is never a tag)."""
+
+    __slots__ = ()
+
+    def render(self, context: RenderContext, buffer: TextIO) -> int:
+        text = self.text
+        if type(buffer) is not _CappedBuffer:
+            return buffer.write(text)
+        buffer._left -= len(text)   # as in _FastOutputNode.render
+        if buffer._left < 0:
+            raise OutputStreamLimitError("output stream limit reached", token=None)
+        return _stringio_write(buffer, text)
+
+
+class _FastLiteral(liquid_content.Literal):
+    node_class = _FastContentNode
+
+
 class _CappedBuffer(StringIO):
     """The output buffer with the output limit counted in characters (python-liquid encodes
     every write to count bytes)."""
@@ -227,7 +301,10 @@ class _CappedBuffer(StringIO):
         self._left -= len(text)
         if self._left < 0:
             raise OutputStreamLimitError("output stream limit reached", token=None)
-        return super().write(text)
+        return _stringio_write(self, text)
+
+
+_stringio_write: Final = StringIO.write
 
 
 class _Template(BoundTemplate):
@@ -235,6 +312,14 @@ class _Template(BoundTemplate):
 
     def _get_buffer(self) -> StringIO:
         return _CappedBuffer(OUTPUT_STREAM_LIMIT)
+
+    def make_globals(self, render_args: Mapping[str, object]) -> Mapping[str, object]:
+        """The render arguments alone when there are no template or environment globals (ours
+        have none): a dict is looked up with one hash, the library's chain of three mappings
+        with an abc `__contains__` and a try/except per mapping."""
+        if not self.matter and not self.globals and type(render_args) is dict:
+            return render_args   # the fresh dict render() made from its arguments
+        return super().make_globals(render_args)
 
 
 class _SandboxedEnvironment(Environment):
@@ -260,6 +345,8 @@ def _environment(*, autoescape: bool, strict: bool) -> Environment:
     )
     for tag in ("include", "render"):   # no template loader: partials are not a feature
         del env.tags[tag]
+    env.add_tag(_FastLiteral)
+    env.add_tag(_FastOutput)
     return env
 
 

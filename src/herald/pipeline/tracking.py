@@ -70,6 +70,7 @@ class TrackingLinks:
             raise ValueError("tracking key must be at least 16 bytes")
         self.base_url = base
         self._key = key
+        self._keyed_mac = hmac.new(key, digestmod="sha256")   # copied per token: the key is hashed once
         self._verify_keys = (key, *previous_keys)
         self._prefix = base + "/t/"
 
@@ -92,8 +93,18 @@ class TrackingLinks:
     def rewrite(self, html_text: str, message_id: str) -> str:
         """`rewrite_links` for one message: every http(s) link becomes a signed click URL, except
         links already under the tracking base (the unsubscribe link stays direct)."""
-        return rewrite_links(html_text, lambda target: self.click_url(message_id, target),
-                             skip_prefixes=(self._prefix,))
+        try:
+            head = _payload_head("click", message_id)   # once per message, not per link
+        except ValueError:
+            return html_text   # as when click_url refuses every link: left untracked
+        click_base = self.base_url + _PATHS["click"]
+
+        def click_url(target: str) -> str:   # click_url(message_id, target)
+            if not is_trackable_url(target):
+                raise ValueError("click target must be an absolute http(s) URL")
+            return click_base + self._sealed(head + target.encode())
+
+        return rewrite_links(html_text, click_url, skip_prefixes=(self._prefix,))
 
     def verify(self, token: str, *, kind: TrackedKind | None = None) -> TrackedLink:
         """The link a token stands for; raises BadToken on anything we did not sign, and on a
@@ -116,11 +127,25 @@ class TrackingLinks:
         return link
 
     def _token(self, kind: TrackedKind, message_id: str, target: str) -> str:
-        mid = message_id.encode()
-        if not mid or len(mid) > _MAX_MESSAGE_ID_BYTES:
-            raise ValueError(f"message id must be 1..{_MAX_MESSAGE_ID_BYTES} bytes")
-        payload = bytes((_VERSION,)) + _KIND_CODES[kind] + bytes((len(mid),)) + mid + target.encode()
-        return base64.urlsafe_b64encode(payload + _mac(self._key, payload)).rstrip(b"=").decode("ascii")
+        return self._sealed(_payload_head(kind, message_id) + target.encode())
+
+    def _sealed(self, payload: bytes) -> str:
+        """The token: payload and its MAC, url-safe base64 without padding."""
+        mac = self._keyed_mac.copy()
+        mac.update(payload)
+        encoded = binascii.b2a_base64(payload + mac.digest()[:_MAC_BYTES], newline=False)
+        return encoded.translate(_URLSAFE).rstrip(b"=").decode("ascii")
+
+
+def _payload_head(kind: TrackedKind, message_id: str) -> bytes:
+    """version | kind | len(message id) | message id: the payload before the target."""
+    mid = message_id.encode()
+    if not mid or len(mid) > _MAX_MESSAGE_ID_BYTES:
+        raise ValueError(f"message id must be 1..{_MAX_MESSAGE_ID_BYTES} bytes")
+    return bytes((_VERSION,)) + _KIND_CODES[kind] + bytes((len(mid),)) + mid
+
+
+_URLSAFE = bytes.maketrans(b"+/", b"-_")   # what base64.urlsafe_b64encode does, without its two wrappers
 
 
 def _mac(key: bytes, payload: bytes) -> bytes:

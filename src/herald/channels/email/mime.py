@@ -299,13 +299,14 @@ def encode_text(text: str) -> tuple[bytes, str]:
     text with a few accents); else base64 (large or mostly non-Latin parts)."""
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    lines = text.split("\n")
-    data = "\r\n".join(lines).encode("utf-8")
-    if text.isascii() and max(map(len, lines)) <= 998 and "\x00" not in text:
+    raw = text.encode("utf-8")
+    data = raw.replace(b"\n", b"\r\n")   # on bytes: twice as fast as on the str
+    if text.isascii() and b"\x00" not in raw and (len(raw) <= 998 or max(map(len, raw.split(b"\n"))) <= 998):
         return data, "7bit"
-    characters = len(text) + len(lines) - 1   # with the CRs added
-    if len(data) <= QP_MAX_BYTES and _quoted_printable_estimate(data, characters) <= _base64_length(len(data)):
-        return _quoted_printable(data), "quoted-printable"
+    if len(data) <= QP_MAX_BYTES:
+        characters = len(text) + raw.count(b"\n")   # with the CRs added
+        if _quoted_printable_estimate(data, characters) <= _base64_length(len(data)):
+            return _quoted_printable(data), "quoted-printable"
     return _base64(data), "base64"
 
 
