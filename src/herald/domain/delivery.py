@@ -90,6 +90,7 @@ class DkimKey:
     domain: str
     selector: str
     private_key_pem: bytes
+    generated_by_herald: bool = False   # a key Herald made itself may skip OpenSSL's slow RSA checks
 
 
 @dataclass(frozen=True, slots=True)

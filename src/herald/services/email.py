@@ -191,7 +191,7 @@ def _render(conn: Connection, service: EmailService, m: Mapping[str, Any],
                            subject=rendered.subject, html=body_html, text=body_text, headers=tuple(headers)),
         sending_domain=domain_row["domain"], metadata={"return_path": return_path},
         dkim=DkimKey(domain_row["domain"], domain_row["dkim_selector"],
-                     domains.private_key(service.master_key, domain_row)))
+                     domains.private_key(service.master_key, domain_row), generated_by_herald=True))
     return outbound, language, rendered.subject
 
 

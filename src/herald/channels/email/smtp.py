@@ -795,10 +795,11 @@ class SmtpProvider:
         key = message.dkim
         if key is not None:
             signer = self._dkim_signers.get(key)
-            if signer is None:  # loading (and validating) an RSA key takes ~40 ms: once per key
+            if signer is None:  # loading (and validating) an imported RSA key takes ~40 ms: once per key
                 if len(self._dkim_signers) >= MAX_DKIM_SIGNERS:
                     self._dkim_signers.clear()
-                signer = self._dkim_signers[key] = DkimSigner(key.domain, key.selector, key.private_key_pem)
+                signer = self._dkim_signers[key] = DkimSigner(key.domain, key.selector, key.private_key_pem,
+                                                               key_is_ours=key.generated_by_herald)
             return signer
         if self._signers is not None and message.sending_domain:
             return self._signers(message.sending_domain)
