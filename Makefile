@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run install test test-fast lint bench bench-ingest clean
+.PHONY: run install test test-fast lint bench bench-ingest bench-email clean
 
 run: $(STAMP)  ## install, migrate the SQLite file, load demo data, serve on http://127.0.0.1:8000
 	$(BIN)/herald migrate
@@ -36,6 +36,9 @@ bench: $(STAMP)  ## work-engine throughput on SQLite (and PostgreSQL if HERALD_B
 
 bench-ingest: $(STAMP)  ## Segment-spec events/s beside a bare endpoint, and 1M-row CSV import (about 20 min; --quick: 1 min)
 	$(BIN)/python bench/ingest.py
+
+bench-email: $(STAMP)  ## email render + DKIM RSA-2048 + SMTP to postfix's smtp-sink, beside smtp-source (needs postfix; --quick: 1 min)
+	$(BIN)/python bench/email_send.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache .mypy_cache .ruff_cache

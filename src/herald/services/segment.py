@@ -13,15 +13,23 @@ libraries/server/http-api/ and the common fields in .../spec/common/):
 - limits: 32 KB per message, 500 KB and 2,500 messages per batch.
 
 The ingestion path does as little Python per event as it can: one orjson parse of the body, a
-dict walk per message, one orjson dump (the stored message), and an executemany of plain tuples
-on the driver (no ORM, no per-row type processors). `EventWriter` batches the rows of every
-concurrent request into one transaction, so one fsync serves many requests, and answers each
-request only after that commit (G1).
+dict walk per message, one orjson dump (the stored message), and multi-row INSERTs of plain
+tuples on the DB-API cursor (no ORM, no per-row type processors). `EventWriter` batches the rows
+of every concurrent request into one transaction, so one fsync serves many requests, and answers
+each request only after that commit (G1).
+
+Where the time goes on SQLite (bench/ingest.py, 100-event batches): the writer thread is the
+bottleneck, and most of its time is SQLite inserting into uq_events_dedupe — messageIds are
+random (uuid4), so every row dirties a different leaf page of that index, which the commit then
+writes to the WAL. The Python work is therefore kept off the writer thread: a request's rows are
+turned into driver parameters (with their ids) by the request itself, while the writer commits
+the previous group, and the writer thread only flattens, executes and commits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import threading
 import time
@@ -35,6 +43,7 @@ from typing import Any
 import orjson
 import structlog
 from sqlalchemy import Connection, Engine, bindparam, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from herald.db import jobs as jobs_db
 from herald.db.tables import contact_identities, contacts, events, stores
@@ -273,6 +282,7 @@ class EventIds:
         self._node = "".join(_CROCKFORD[(rnd >> (5 * i)) & 31] for i in range(7, -1, -1))
         self._ms = -1
         self._seq = 0
+        self._prefix, self._prefix_ms = "", -1  # the id prefix of millisecond _prefix_ms
         self._lock = threading.Lock()
 
     def take(self, n: int) -> list[str]:
@@ -282,9 +292,11 @@ class EventIds:
                 self._ms, self._seq = ms, 0
             elif self._seq + n >= 100_000_000:
                 self._ms, self._seq = self._ms + 1, 0
+            if self._prefix_ms != self._ms:
+                self._prefix_ms, ms = self._ms, self._ms
+                self._prefix = "evt_" + "".join(_CROCKFORD[(ms >> (5 * i)) & 31] for i in range(9, -1, -1)) + self._node
             start, self._seq = self._seq, self._seq + n
-            ms = self._ms
-        prefix = "evt_" + "".join(_CROCKFORD[(ms >> (5 * i)) & 31] for i in range(9, -1, -1)) + self._node
+            prefix = self._prefix
         return [f"{prefix}{i:08d}" for i in range(start, start + n)]
 
 
@@ -296,13 +308,21 @@ _PG_ROW = "(%s, %s, %s, %s, 'segment', %s, CAST(%s AS jsonb), %s, %s, %s, %s, %s
 _ON_CONFLICT = " ON CONFLICT (workspace_id, source, dedupe_key) DO NOTHING"
 # Rows per INSERT statement. One multi-row statement instead of executemany: sqlite3 releases and
 # re-takes the GIL around every executemany row, so beside a busy event loop each row waited for
-# the GIL; 500 rows x 11 parameters stays far below both databases' parameter limits.
+# the GIL; 500 rows x 11 parameters stays far below both databases' parameter limits, and the
+# full 500-row statement is always the same text (the drivers' statement caches keep it prepared).
 STATEMENT_ROWS = 500
+# The writer's own SQLite connection (kept open): a page cache that holds the hot part of the
+# events indexes across groups (the default is 2 MB), and fewer, larger checkpoints (each copies a
+# page rewritten by many commits once). Writer-only test, 200,000 rows in 800-row groups: ~15%
+# more rows/s; the larger part of the end-to-end gain on /v1/batch.
+SQLITE_WRITER_PRAGMAS = ("PRAGMA cache_size=-65536", "PRAGMA wal_autocheckpoint=10000")
+
+Params = tuple[Any, ...]  # one row's driver parameters, in the column order of the insert
 
 
 def _sqlite_time(value: datetime) -> str:
     """The text SQLAlchemy's SQLite DateTime stores (naive UTC, always with microseconds)."""
-    if value.utcoffset():
+    if value.tzinfo is not UTC and value.utcoffset():
         value = value.astimezone(UTC)
     return value.replace(tzinfo=None).isoformat(" ", "microseconds")
 
@@ -313,22 +333,28 @@ def _insert_sql(dialect: str, rows: int) -> str:
     return _COLUMNS + ", ".join([row] * rows) + _ON_CONFLICT
 
 
-def row_params(dialect: str, rows: Sequence[Row], ids: Sequence[str], received_at: datetime) -> list[tuple[Any, ...]]:
+def row_params(dialect: str, rows: Sequence[Row], ids: Sequence[str], received_at: datetime) -> list[Params]:
     """The parameters of each row, in the column order of the insert."""
     if dialect == "sqlite":
         received = _sqlite_time(received_at)
-        return [(i, r[0], r[1], r[2], r[3], r[4], _sqlite_time(r[5]), received, r[6], r[7], r[8])
-                for i, r in zip(ids, rows, strict=True)]
+        stamp = _sqlite_time
+        return [(i, r[0], r[1], r[2], r[3], r[4], received if r[5] is received_at else stamp(r[5]), received,
+                 r[6], r[7], r[8]) for i, r in zip(ids, rows, strict=True)]
     return [(i, r[0], r[1], r[2], r[3], r[4], r[5], received_at, r[6], r[7], r[8])
             for i, r in zip(ids, rows, strict=True)]
 
 
-def insert_params(conn: Connection, params: Sequence[tuple[Any, ...]]) -> None:
-    """Insert rows of row_params; a messageId seen before in the workspace is skipped."""
+def insert_params(conn: Connection, params: Sequence[Params]) -> None:
+    """Insert rows of row_params in the caller's transaction, through the DB-API cursor; a
+    messageId seen before in the workspace is skipped."""
     dialect = conn.dialect.name
-    for start in range(0, len(params), STATEMENT_ROWS):
-        part = params[start:start + STATEMENT_ROWS]
-        conn.exec_driver_sql(_insert_sql(dialect, len(part)), tuple(v for row in part for v in row))
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        for start in range(0, len(params), STATEMENT_ROWS):
+            part = params[start:start + STATEMENT_ROWS]
+            cursor.execute(_insert_sql(dialect, len(part)), tuple(itertools.chain.from_iterable(part)))
+    finally:
+        cursor.close()
 
 
 def insert_rows(conn: Connection, rows: Sequence[Row], ids: Sequence[str], received_at: datetime) -> None:
@@ -351,8 +377,7 @@ class WriterUnavailable(Exception):
 
 @dataclass(slots=True)
 class _Pending:
-    rows: Sequence[Row]
-    received_at: datetime
+    params: list[Params]
     done: asyncio.Future[None]
 
 
@@ -360,6 +385,11 @@ class EventWriter:
     """Group commit. Requests hand over their rows and wait; one task takes everything pending,
     inserts it in one transaction on a thread of its own, then resolves every waiter (or fails
     them all with WriterUnavailable, which the API answers with 503: nothing is silently lost).
+
+    Double buffer: while one group commits on the writer thread, the requests arriving meanwhile
+    parse and turn their rows into driver parameters on the event loop, and queue up as the next
+    group, which is taken the moment the commit is done. The writer keeps one connection of its
+    own (re-opened after an error, or when `engine` is replaced).
 
     Start and stop it with the app's lifespan; stop() refuses new rows and drains what is queued.
     """
@@ -375,6 +405,7 @@ class EventWriter:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="herald-event-writer")
+        self._conn: Connection | None = None  # used on the writer thread only
         self._stopping = False
         self._last_slot = -1
         self.commits = 0
@@ -395,6 +426,7 @@ class EventWriter:
         self._wakeup.set()
         await self._task
         self._task = None
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._close)
         self._thread.shutdown(wait=True)
 
     async def write(self, rows: Sequence[Row], received_at: datetime) -> None:
@@ -403,8 +435,10 @@ class EventWriter:
             return
         if not self.running or self._wakeup is None:
             raise WriterUnavailable("event ingestion is not running (the server is starting or stopping)")
+        # Ids are taken in queue order, which is commit order: ids sort as the events were committed.
+        params = row_params(self.engine.dialect.name, rows, self.ids.take(len(rows)), received_at)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(rows, received_at, done))
+        self._queue.append(_Pending(params, done))
         self._wakeup.set()
         await done
 
@@ -432,23 +466,49 @@ class EventWriter:
     def _take(self) -> list[_Pending]:
         taken, count = 0, 0
         for item in self._queue:
-            if taken and count + len(item.rows) > self.max_rows:
+            if taken and count + len(item.params) > self.max_rows:
                 break
-            taken, count = taken + 1, count + len(item.rows)
+            taken, count = taken + 1, count + len(item.params)
         group, self._queue = self._queue[:taken], self._queue[taken:]
         return group
 
     def _commit(self, group: list[_Pending]) -> None:
+        """On the writer thread: one transaction for the whole group."""
         now = self.now()
         slot = int(now.timestamp())
-        dialect = self.engine.dialect.name
-        params = [p for item in group
-                  for p in row_params(dialect, item.rows, self.ids.take(len(item.rows)), item.received_at)]
-        with self.engine.begin() as conn:
-            insert_params(conn, params)
-            if slot != self._last_slot:
-                enqueue_processing(conn, now)
+        params = group[0].params if len(group) == 1 else [p for item in group for p in item.params]
+        conn = self._connection()
+        try:
+            with conn.begin():
+                insert_params(conn, params)
+                if slot != self._last_slot:
+                    enqueue_processing(conn, now)
+        except BaseException:
+            self._close()  # a broken connection is not reused; the next group opens a new one
+            raise
         self._last_slot = slot
+
+    def _connection(self) -> Connection:
+        if self._conn is not None and self._conn.engine is not self.engine:
+            self._close()
+        if self._conn is None:
+            conn = self.engine.connect()
+            if conn.dialect.name == "sqlite":
+                for pragma in SQLITE_WRITER_PRAGMAS:
+                    conn.exec_driver_sql(pragma)
+                conn.commit()
+            self._conn = conn
+        return self._conn
+
+    def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                if conn.in_transaction():  # its rollback failed: the pool must not get it back
+                    conn.invalidate()
+                conn.close()
+            except SQLAlchemyError as exc:
+                log.warning("closing the event writer's connection failed", error=str(getattr(exc, "orig", exc)))
 
 
 def _settle(group: Iterable[_Pending], error: Exception | None) -> None:

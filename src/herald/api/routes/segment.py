@@ -274,6 +274,9 @@ def _gunzip(raw: bytes, limit: int) -> bytes:
 # ---- the front door -----------------------------------------------------------------------
 PATHS = {f"/v1/{k}": k for k in ("identify", "track", "page", "screen", "group", "alias")} | {"/v1/batch": None}
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+_OK_LENGTH = (b"content-length", str(len(_OK)).encode())
+# The request headers Ingestion reads (ASGI header names are lower-case bytes; lower() anyway).
+_WANTED = {b"authorization": "authorization", b"content-encoding": "content-encoding"}
 
 
 class FrontDoor:
@@ -290,7 +293,7 @@ class FrontDoor:
             await self.app(scope, receive, send)
             return
         kind = PATHS[scope["path"]]
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = {_WANTED[k.lower()]: v.decode("latin-1") for k, v in scope["headers"] if k.lower() in _WANTED}
         try:
             raw = await self._body(receive)
             body = await self.ingestion.call(kind, headers, raw)
@@ -303,8 +306,8 @@ class FrontDoor:
             await problems.respond(problems.problem(500, "an unexpected error; it has been logged"))(
                 scope, receive, send)
             return
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]})
+        length = _OK_LENGTH if body is _OK else (b"content-length", str(len(body)).encode())
+        await send({"type": "http.response.start", "status": 200, "headers": [*_JSON_HEADERS, length]})
         await send({"type": "http.response.body", "body": body})
 
     async def _body(self, receive: Any) -> bytes:

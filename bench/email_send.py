@@ -22,19 +22,13 @@ ratio = herald ÷ smtp-source.
 The machines are shared and noisy: each figure is the median of --runs runs (min and max
 shown), the reference and herald runs interleaved.
 
-    .venv/bin/python bench/email.py                 # 20,000 messages per run, 3 runs
-    .venv/bin/python bench/email.py --quick         # 3,000 messages, 1 run
-    .venv/bin/python bench/email.py --stages-only   # the per-stage breakdown alone
+    .venv/bin/python bench/email_send.py                 # 20,000 messages per run, 3 runs
+    .venv/bin/python bench/email_send.py --quick         # 3,000 messages, 1 run
+    .venv/bin/python bench/email_send.py --stages-only   # the per-stage breakdown alone
 """
 
-# ruff: noqa: E402   (the stdlib `email` shadowing must be undone before any import)
+
 from __future__ import annotations
-
-import sys
-
-# This file is named like the stdlib package `email`: take its directory off the import path
-# before anything imports `email`.
-sys.path[:] = [p for p in sys.path if p not in ("", __file__.rpartition("/")[0] or ".")]
 
 import argparse
 import asyncio
@@ -46,6 +40,7 @@ import shutil
 import socket
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
