@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Connection, Engine, func, insert, select
 
+from herald.db.bulk import insert_many, select_in
 from herald.db.tables import (
     checkouts,
     consent_records,
@@ -24,8 +26,8 @@ from herald.db.tables import (
 )
 from herald.domain import contacts as rules
 from herald.domain.errors import InvalidInput, NotFound
-from herald.domain.ids import new_id
-from herald.services import identity
+from herald.domain.ids import has_prefix, new_id
+from herald.services import consent, identity
 from herald.services.identity import Person, normalize_person, resolve, resolve_many, store_namespace
 from tests.services.support import Shop, all_rows, contact_row, make_shop
 
@@ -332,3 +334,77 @@ def test_fast_email_path_agrees_with_the_full_check(raw: str) -> None:
         except ValueError:
             return "invalid", ""
     assert outcome(identity.normalize_email) == outcome(rules.normalize_email)
+
+
+def test_new_ids_look_like_new_id() -> None:
+    made = identity.new_ids("cid", 500)
+    assert len(set(made)) == 500 and identity.new_ids("ct", 0) == []
+    single = new_id("cid")
+    for made_id in made:
+        assert has_prefix(made_id, "cid") and len(made_id) == len(single)
+        assert set(made_id[4:]) <= set("0123456789ABCDEFGHJKMNPQRSTVWXYZ")
+        assert made_id[:9] == single[:9]  # the same leading time digits (they change every ~9 hours)
+    assert len({made_id[-1] for made_id in made}) == 32  # every digit shows up in 500 random ones
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.one_of(st.from_regex(r"\A[ +(]{0,2}[0-9][0-9 ().\-]{4,16}\Z"), st.text(max_size=20)),
+       region=st.sampled_from([None, "US", "GB", "BR", "DE"]))
+def test_cached_normalisers_agree_with_the_rules(raw: str, region: str | None) -> None:
+    """identity.py caches the contact rules; a cache hit gives what the rule gives, and an invalid
+    value keeps raising (exceptions are not cached)."""
+    def outcome(fn: Any, *args: Any) -> tuple[str, str]:
+        try:
+            return "ok", fn(*args)
+        except ValueError as exc:
+            return "invalid", str(exc)
+    for _ in range(2):
+        assert outcome(identity._phone, raw, region) == outcome(rules.normalize_phone, raw, region)
+        assert outcome(identity._country, raw) == outcome(rules.normalize_country, raw)
+
+
+def test_consent_of_new_contacts_is_written_without_reading_their_history(engine: Engine, shop: Shop) -> None:
+    with engine.begin() as conn:
+        made = resolve_many(conn, shop.workspace_id, shop.store.id, [person(email="n1@example.com"),
+                                                                      person(email="n2@example.com")], NOW)
+        changes = [consent.ConsentChange(r.contact_id, shop.store.id, "email", "marketing", state, "test", NOW)
+                   for r, state in zip(made, ("granted", "withdrawn"), strict=True)]
+        assert consent.record_many(conn, shop.workspace_id, changes,
+                                   new_contacts={r.contact_id for r in made if r.created}) == 2
+        again = [consent.ConsentChange(c.contact_id, c.store_id, c.channel, c.purpose, c.state, c.source,
+                                       NOW + timedelta(hours=1)) for c in changes]
+        assert consent.record_many(conn, shop.workspace_id, again) == 0  # existing contacts: history read
+        assert consent.current_states(conn, [r.contact_id for r in made]) == {
+            (made[0].contact_id, "email", "marketing", shop.store.id): "granted",
+            (made[1].contact_id, "email", "marketing", shop.store.id): "withdrawn"}
+
+
+def test_bulk_insert_memo_keeps_equal_but_different_json_apart(engine: Engine, shop: Shop) -> None:
+    """insert_many converts each distinct value once per call; 1, 1.0 and True are equal keys in a
+    dict but different JSON, and lists/dicts are converted by content, in order."""
+    base = {"workspace_id": shop.workspace_id, "email": None, "phone": None, "first_name": None,
+            "last_name": None, "country": None, "language": None, "timezone": None, "created_at": NOW,
+            "updated_at": NOW}
+    values: list[tuple[Any, Any]] = [({"n": 1}, ["a", "b"]), ({"n": 1.0}, ["b", "a"]), ({"n": True}, ["a", "b"]),
+                                     ({"a": "x", "b": "y"}, []), ({"b": "y", "a": "x"}, [1]), ({}, [True])]
+    rows = [{**base, "id": new_id("ct"), "attributes": attributes, "tags": tags} for attributes, tags in values]
+    with engine.begin() as conn:
+        insert_many(conn, contacts, rows)
+        stored = {r.id: (r.attributes, r.tags) for r in conn.execute(select(contacts.c.id, contacts.c.attributes,
+                                                                            contacts.c.tags))}
+    for row, (attributes, tags) in zip(rows, values, strict=True):
+        got_attributes, got_tags = stored[row["id"]]
+        assert json.dumps([got_attributes, got_tags], sort_keys=True) == json.dumps([attributes, tags],
+                                                                                     sort_keys=True)  # JSONB: key order
+
+
+def test_select_in_pads_and_matches_the_sqlalchemy_query(engine: Engine, shop: Shop) -> None:
+    with engine.begin() as conn:
+        made = resolve_many(conn, shop.workspace_id, None, [person(email=f"s{i}@example.com") for i in range(40)],
+                            NOW)
+        asked = [f"s{i}@example.com" for i in range(0, 60, 3)]  # some exist, some do not; padded to 32
+        got = select_in(conn, contact_identities, ("value", "contact_id"),
+                        {"workspace_id": shop.workspace_id, "kind": "email", "namespace": ""}, "value", asked)
+        assert sorted(got) == sorted((f"s{i}@example.com", made[i].contact_id) for i in range(0, 40, 3))
+        assert select_in(conn, contact_identities, ("value",), {"workspace_id": shop.workspace_id}, "value",
+                         []) == []

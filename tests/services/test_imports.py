@@ -7,6 +7,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -409,3 +410,76 @@ def test_orders_rerun_is_unchanged(engine: Engine, shop: Shop, tmp_path: Path) -
 def test_orders_need_an_id_and_a_date_column(engine: Engine, shop: Shop, tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="placed_at"):
         start(engine, shop, write(tmp_path / "o.csv", "Order ID,Total\n1,2\n"), kind="orders")
+
+
+# ---- the reader process ------------------------------------------------------------------------------
+def outcome(engine: Engine, import_id: str) -> tuple[Any, ...]:
+    """What an import left behind, without the generated ids and with contacts named by email."""
+    with engine.begin() as conn:
+        row = dict(conn.execute(select(imports).where(imports.c.id == import_id)).mappings().one())
+        people = {r.id: r.email or r.phone for r in conn.execute(select(contacts))}
+        found = sorted(repr((r.email, r.phone, r.first_name, r.country, r.tags)) for r in conn.execute(
+            select(contacts)))
+        keys = sorted((people[r.contact_id], r.kind, r.value) for r in conn.execute(select(contact_identities)))
+        consents = sorted((people[r.contact_id], r.channel, r.state) for r in conn.execute(select(consent_records)))
+    counters = (row["state"], row["rows_ok"], row["rows_unchanged"], row["rows_failed"], row["offset"], row["line"])
+    return counters, errors_of(engine, import_id), found, keys, consents
+
+
+def test_the_reader_process_imports_exactly_what_the_importing_process_does(
+        engine: Engine, shop: Shop, tmp_path: Path) -> None:
+    """Parsing in a second process (large files) changes nothing: rows, identities, consent,
+    counters, checkpoint and the error report are those of parsing in the importing process.
+    The file is BAD followed by rows whose columns do not match its header (notes on most rows)."""
+    text = BAD + "".join(many(30).splitlines(keepends=True)[1:])
+    results = []
+    for n, reader_process in enumerate((False, True)):
+        row = start(engine, shop, write(tmp_path / f"file-{n}.csv", text))
+        done = service.run(engine, row["id"], ShiftedClock(), batch_rows=4, reader_process=reader_process)
+        results.append(outcome(engine, done["id"]))
+        with engine.begin() as conn:  # start the second run from an empty workspace (cascades)
+            conn.execute(contacts.delete())
+    assert results[0] == results[1]
+    assert results[0][0][:4] == ("completed", 34, 0, 5)
+    assert len(results[0][1]) > 30  # bad phones, countries, consents: reported, rows imported
+
+
+def test_the_reader_process_resumes_after_a_crash(engine: Engine, shop: Shop, tmp_path: Path) -> None:
+    path = write(tmp_path / "many.csv", many(40))
+    row = start(engine, shop, path)
+
+    def crash(_conn: Connection, n: int) -> None:
+        if n == 3:
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        service.run(engine, row["id"], ShiftedClock(), batch_rows=6, after_batch=crash, reader_process=True)
+    with engine.begin() as conn:
+        assert count(conn, contacts) == 12
+    done = service.run(engine, row["id"], ShiftedClock(), batch_rows=6, reader_process=True)
+    assert (done["state"], done["rows_ok"], done["rows_unchanged"], done["rows_failed"]) == ("completed", 40, 0, 1)
+    with engine.begin() as conn:
+        assert (count(conn, contacts), count(conn, consent_records), count(conn, import_errors)) == (40, 40, 1)
+
+
+def test_a_failing_reader_process_fails_the_import_resumably(engine: Engine, shop: Shop, tmp_path: Path) -> None:
+    path = write(tmp_path / "many.csv", many(10))
+    row = start(engine, shop, path)
+    path.write_bytes(path.read_bytes()[:200])  # shorter than inspected; the size check runs before the reader
+    with pytest.raises(service.ImportFileError, match="changed"):
+        service.run(engine, row["id"], ShiftedClock(), reader_process=True)
+    fine = start(engine, shop, write(tmp_path / "fine.csv", many(10)))
+    with engine.begin() as conn:
+        conn.execute(update(imports).where(imports.c.id == fine["id"]).values(encoding="utf-32"))
+    with pytest.raises(UnicodeDecodeError):  # raised in the reader process, re-raised here
+        service.run(engine, fine["id"], ShiftedClock(), reader_process=True)
+    with engine.begin() as conn:
+        failed = conn.execute(select(imports.c.state, imports.c.error).where(imports.c.id == fine["id"])).one()
+    assert failed.state == "failed" and "UnicodeDecodeError" in failed.error
+
+
+def test_large_contact_files_use_the_reader_process() -> None:
+    big = {"kind": "contacts", "size_bytes": service.PROCESS_MIN_BYTES + 100, "offset": 100}
+    assert service._worth_a_process(big) is ((os.cpu_count() or 1) > 1)
+    assert not service._worth_a_process({**big, "offset": 101})
+    assert not service._worth_a_process({**big, "kind": "orders"})

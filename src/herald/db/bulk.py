@@ -1,4 +1,4 @@
-"""Bulk inserts for the intake hot paths (CSV imports, identity resolution, consent).
+"""Bulk inserts and lookups for the intake hot paths (CSV imports, identity resolution, consent).
 
 `conn.execute(insert(table), rows)` builds and processes every row through SQLAlchemy's
 compiler machinery; for batches of thousands of small rows that costs more than the database.
@@ -10,9 +10,10 @@ hands the parameters to the driver's executemany.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, Table
+from sqlalchemy import Connection, Table, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 _Compiled = tuple[str, tuple[str, ...], tuple[Callable[[Any], Any] | None, ...], bool]
@@ -47,25 +48,88 @@ def insert_many(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]
         return 0
     names = tuple(rows[0])
     sql, order, processors, positional = _compiled(conn, table, names, ignore_conflicts)
-    pairs = tuple(zip(order, (_memo(p) if p else None for p in processors), strict=True))
-    if positional:
-        params: list[Any] = [tuple(p(r[n]) if p else r[n] for n, p in pairs) for r in rows]
-    else:
-        params = [{n: (p(r[n]) if p else r[n]) for n, p in pairs} for r in rows]
+    # Column by column: itemgetter/map/zip run in C; only the columns with a bind processor
+    # (JSON, UTCDateTime) call back into Python, once per distinct value where it can.
+    columns = [map(_memo(p), map(itemgetter(n), rows)) if p else map(itemgetter(n), rows)
+               for n, p in zip(order, processors, strict=True)]
+    params: list[Any] = list(zip(*columns, strict=True))
+    if not positional:
+        params = [dict(zip(order, values, strict=True)) for values in params]
     return int(conn.exec_driver_sql(sql, params).rowcount)
 
 
 def _memo(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """A bind processor that converts each distinct hashable value once per call: a batch's rows
-    mostly share the same timestamps (`now`) and namespaces."""
+    """A bind processor that converts each distinct value once per call: a batch's rows mostly
+    share the same timestamps (`now`), namespaces, and small JSON values ({}, [], a few tags)."""
     seen: dict[Any, Any] = {}
+    last: list[Any] = [_NOTHING, None]  # the last value and its result: rows often share the very object
 
     def run(value: Any) -> Any:
-        try:
-            return seen[value]
-        except KeyError:
-            out = seen[value] = process(value)
-            return out
-        except TypeError:  # unhashable (JSON objects and lists)
+        if value is last[0]:
+            return last[1]
+        key = _key(value)
+        if key is None:
             return process(value)
+        try:
+            out = seen[key]
+        except KeyError:
+            out = seen[key] = process(value)
+        last[0], last[1] = value, out
+        return out
     return run
+
+
+_NOTHING = object()
+
+
+def _key(value: Any) -> Any:
+    """A hashable key that only equal values share, or None. Lists and dicts of strings (tags,
+    attributes) are keyed by their items (so by order too, as JSON is); other containers are not
+    memoised, since 1, 1.0 and True are equal keys but different JSON."""
+    kind = value.__class__
+    if kind is list:
+        return (list, *value) if all(v.__class__ is str for v in value) else None
+    if kind is dict:
+        items = tuple(value.items())
+        return (dict, *items) if all(v.__class__ is str for pair in items for v in pair) else None
+    try:
+        hash(value)
+    except TypeError:
+        return None
+    return (kind, value)
+
+
+_Lookup = tuple[str, tuple[str, ...], bool]
+_lookups: dict[tuple[str, str, tuple[str, ...], tuple[str, ...], str, int], _Lookup] = {}
+_IN_SIZES = (8, 32, 128, 512, 2048)  # IN lists are padded to one of these lengths: few statements to compile
+
+
+def select_in(conn: Connection, table: Table, columns: Sequence[str], equal: Mapping[str, Any], in_column: str,
+              values: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """SELECT columns FROM table WHERE <each of equal> AND in_column IN (values), as plain tuples.
+
+    A hot-path lookup (identity resolution) without building and compiling a SQLAlchemy statement
+    per call: the statement is compiled once per shape and IN-list length (padded up by repeating
+    a value, which matches nothing new). For columns whose values need no result processing
+    (strings, integers); `values` must fit the largest IN size."""
+    if not values:
+        return []
+    size = next((n for n in _IN_SIZES if n >= len(values)), None)
+    if size is None:
+        raise ValueError(f"select_in takes at most {_IN_SIZES[-1]} values, not {len(values)}")
+    names = tuple(equal)
+    key = (table.name, conn.dialect.name, tuple(columns), names, in_column, size)
+    hit = _lookups.get(key)
+    if hit is None:
+        statement = select(*(table.c[c] for c in columns)).where(
+            *(table.c[n] == bindparam(f"eq_{n}") for n in names),
+            table.c[in_column].in_([bindparam(f"in_{i}") for i in range(size)]))
+        compiled = statement.compile(dialect=conn.dialect)
+        order = tuple(compiled.positiontup or ()) if compiled.positional else tuple(compiled.params)
+        hit = _lookups[key] = (str(compiled), order, bool(compiled.positional))
+    sql, order, positional = hit
+    given = {f"eq_{n}": v for n, v in equal.items()}
+    given.update((f"in_{i}", v) for i, v in enumerate(values))
+    given.update((f"in_{i}", values[0]) for i in range(len(values), size))
+    params: Any = tuple(given[name] for name in order) if positional else {name: given[name] for name in order}
+    return [tuple(row) for row in conn.exec_driver_sql(sql, params)]

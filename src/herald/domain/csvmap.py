@@ -275,6 +275,7 @@ _FALSE = frozenset({"no", "n", "false", "f", "0", "off", "unsubscribed", "withdr
                     "optout", "declined", "not subscribed", "never subscribed", "cleaned", "unchecked"})
 
 
+@lru_cache(maxsize=256)
 def parse_consent(raw: str) -> bool | None:
     """yes/no, true/false, 1/0 (and the usual ESP words) -> True/False; empty -> None."""
     text = raw.strip().lower().replace("_", " ")

@@ -10,7 +10,7 @@ arrive out of order, and an older statement never overrides a newer one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -45,13 +45,18 @@ class ConsentChange:
         return (self.contact_id, self.channel, self.purpose, self.store_id)
 
 
-def record_many(conn: Connection, workspace_id: str, changes: Sequence[ConsentChange]) -> int:
-    """Append the changes that change a state; returns how many rows were appended."""
+def record_many(conn: Connection, workspace_id: str, changes: Sequence[ConsentChange], *,
+                new_contacts: Collection[str] = ()) -> int:
+    """Append the changes that change a state; returns how many rows were appended.
+
+    `new_contacts`: contacts created in this transaction (identity.Resolved.created). They have
+    no consent records yet, so their latest states are not read (an import's first run creates
+    nearly every contact it touches)."""
     for i, change in enumerate(changes):
         _check(i, change)
     if not changes:
         return 0
-    latest = _latest(conn, sorted({c.contact_id for c in changes}))
+    latest = _latest(conn, sorted({c.contact_id for c in changes if c.contact_id not in new_contacts}))
     rows = []
     for change in changes:
         current = latest.get(change.key)

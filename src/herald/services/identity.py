@@ -23,6 +23,7 @@ winner's rows), so a race never fails the batch nor leaves a half-made contact.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from typing import Any
 import structlog
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 
-from herald.db.bulk import insert_many
+from herald.db.bulk import insert_many, select_in
 from herald.db.tables import (
     checkouts,
     consent_records,
@@ -58,6 +59,7 @@ CHUNK = 2000  # values per IN list: far below SQLite's and PostgreSQL's bind-par
 MAX_ATTEMPTS = 3  # fresh resolutions after losing an identity race before giving up
 
 Key = tuple[str, str, str]  # (kind, namespace, value), as in contact_identities
+_EXTERNAL, _EMAIL, _PHONE = IdentityKind.EXTERNAL.value, IdentityKind.EMAIL.value, IdentityKind.PHONE.value
 
 
 def store_namespace(store_id: str) -> str:
@@ -78,11 +80,11 @@ class Person:
 
     def identity_keys(self) -> list[Key]:
         """Identities in match precedence: external ids, email, phone."""
-        found: list[Key] = [(IdentityKind.EXTERNAL.value, ns, value) for ns, value in self.external]
+        found: list[Key] = [(_EXTERNAL, ns, value) for ns, value in self.external]
         if self.email:
-            found.append((IdentityKind.EMAIL.value, "", self.email))
+            found.append((_EMAIL, "", self.email))
         if self.phone:
-            found.append((IdentityKind.PHONE.value, "", self.phone))
+            found.append((_PHONE, "", self.phone))
         return found
 
 
@@ -125,7 +127,7 @@ def normalize_person(*, external: Sequence[tuple[str, str]] = (), email: str | N
         value = clean(key, raw, fn)
         if value is not None and value != "":
             out_profile[key] = value
-    region = out_profile.get("country") or clean("default_country", default_country, rules.normalize_country)
+    region = out_profile.get("country") or clean("default_country", default_country, _country)
     out_external: list[tuple[str, str]] = []
     for ns, value in external:
         pair = clean(f"external_ids.{ns}", value, lambda v, ns=ns: rules.normalize_external_id(ns, v))
@@ -134,7 +136,7 @@ def normalize_person(*, external: Sequence[tuple[str, str]] = (), email: str | N
     person = Person(
         external=out_external,
         email=clean("email", email, normalize_email),
-        phone=clean("phone", phone, lambda v: rules.normalize_phone(str(v), region)),
+        phone=clean("phone", phone, lambda v: _phone(str(v), region)),
         profile=out_profile,
         tags=clean("tags", tags, _tags) or [],
         attributes=clean("attributes", attributes, _attributes) or {},
@@ -162,9 +164,16 @@ def _email_domain(domain: str) -> str:
     return rules.normalize_email("x@" + domain).split("@", 1)[1]  # raises InvalidValue (cached: no)
 
 
+# The contact rules are pure functions of their arguments; the ones a batch calls with few distinct
+# values (countries, languages, zones) or that are costly (phonenumbers: ~50 µs a number) are
+# cached. lru_cache does not cache exceptions: an invalid value is checked, and reported, each time.
+_country = lru_cache(maxsize=1024)(rules.normalize_country)
+_language = lru_cache(maxsize=1024)(rules.normalize_language)
+_timezone = lru_cache(maxsize=1024)(rules.normalize_timezone)
+_phone = lru_cache(maxsize=16384)(rules.normalize_phone)  # an orders file repeats a customer's phone per line
+
 _PROFILE_RULES: dict[str, Any] = {
-    "first_name": _name, "last_name": _name, "country": rules.normalize_country,
-    "language": rules.normalize_language, "timezone": rules.normalize_timezone,
+    "first_name": _name, "last_name": _name, "country": _country, "language": _language, "timezone": _timezone,
 }
 
 
@@ -184,13 +193,14 @@ class _Plan:
 def resolve_many(conn: Connection, workspace_id: str, store_id: str | None, people: Sequence[Person],
                  now: datetime) -> list[Resolved]:
     """Resolve a batch of people to contacts (results in input order). See the module docstring."""
-    for i, person in enumerate(people):
-        if not person.identity_keys():
+    keyed = [person.identity_keys() for person in people]
+    for i, keys in enumerate(keyed):
+        if not keys:
             raise ValueError(f"person {i} has no identity: give an external id, an email or a phone")
     if not people:
         return []
     for _attempt in range(MAX_ATTEMPTS):
-        plan = _plan(conn, workspace_id, store_id, people, now)
+        plan = _plan(conn, workspace_id, store_id, people, keyed, now)
         if _write_identities(conn, plan):
             _write_contacts(conn, workspace_id, store_id, plan, now)
             return plan.results
@@ -202,20 +212,22 @@ def resolve(conn: Connection, workspace_id: str, store_id: str | None, person: P
 
 
 def _plan(conn: Connection, workspace_id: str, store_id: str | None, people: Sequence[Person],
-          now: datetime) -> _Plan:
-    owner = _owners(conn, workspace_id, {k for p in people for k in p.identity_keys()})
+          keyed: list[list[Key]], now: datetime) -> _Plan:
+    """`keyed`: each person's identity_keys(), computed once by the caller."""
+    owner = _owners(conn, workspace_id, {k for keys in keyed for k in keys})
     states = _rows(conn, set(owner.values()))
     original = {i: {**row, "tags": list(row["tags"]), "attributes": dict(row["attributes"])}
                 for i, row in states.items()}
     linked = _linked(conn, store_id, set(states)) if store_id else set()
     plan = _Plan([], states, [], set(), [], [])
     outcomes: list[tuple[str, bool, bool, list[str]]] = []  # contact, created, added rows, conflicts
-    for person in people:
-        keys = person.identity_keys()
+    contact_ids = iter(new_ids("ct", len(people)))
+    identity_ids = iter(new_ids("cid", sum(map(len, keyed))))
+    for person, keys in zip(people, keyed, strict=True):
         contact_id = next((owner[k] for k in keys if k in owner), None)
         created = contact_id is None
         if contact_id is None:
-            contact_id = new_id("ct")
+            contact_id = next(contact_ids)
             states[contact_id] = _blank(contact_id, workspace_id, now)
             plan.new_contacts.append(contact_id)
         added, conflicts = created, []
@@ -224,7 +236,7 @@ def _plan(conn: Connection, workspace_id: str, store_id: str | None, people: Seq
             holder = owner.get(key)
             if holder is None:
                 owner[key] = contact_id
-                plan.new_identities.append({"id": new_id("cid"), "workspace_id": workspace_id,
+                plan.new_identities.append({"id": next(identity_ids), "workspace_id": workspace_id,
                                             "contact_id": contact_id, "kind": key[0], "namespace": key[1],
                                             "value": key[2], "created_at": now})
                 held.add(key)
@@ -232,7 +244,7 @@ def _plan(conn: Connection, workspace_id: str, store_id: str | None, people: Seq
             elif holder == contact_id:
                 held.add(key)
             else:
-                conflicts.append(key[0] if key[0] != IdentityKind.EXTERNAL.value else f"external:{key[1]}")
+                conflicts.append(key[0] if key[0] != _EXTERNAL else f"external:{key[1]}")
         _apply_person(states[contact_id], person, held)
         if store_id and contact_id not in linked:
             linked.add(contact_id)
@@ -252,12 +264,12 @@ def _owners(conn: Connection, workspace_id: str, keys: set[Key]) -> dict[Key, st
     for kind, ns, value in keys:
         groups.setdefault((kind, ns), []).append(value)
     found: dict[Key, str] = {}
-    t = contact_identities.c
     for (kind, ns), values in groups.items():
         for chunk in _chunks(values):
-            for r in conn.execute(select(t.value, t.contact_id).where(
-                    t.workspace_id == workspace_id, t.kind == kind, t.namespace == ns, t.value.in_(chunk))):
-                found[(kind, ns, r.value)] = r.contact_id
+            for value, contact_id in select_in(conn, contact_identities, ("value", "contact_id"),
+                                               {"workspace_id": workspace_id, "kind": kind, "namespace": ns},
+                                               "value", chunk):
+                found[(kind, ns, value)] = contact_id
     return found
 
 
@@ -289,14 +301,13 @@ def _blank(contact_id: str, workspace_id: str, now: datetime) -> dict[str, Any]:
 def _apply_person(state: dict[str, Any], person: Person, held: set[Key]) -> None:
     """Fold a person into a contact's row. The email/phone columns take the person's value only
     when the contact holds that identity (never one that another contact has)."""
-    wanted: dict[str, Any] = dict(person.profile)
-    if person.email and (IdentityKind.EMAIL.value, "", person.email) in held:
-        wanted["email"] = person.email
-    if person.phone and (IdentityKind.PHONE.value, "", person.phone) in held:
-        wanted["phone"] = person.phone
-    for key, value in wanted.items():
+    for key, value in person.profile.items():
         if value is not None:
             state[key] = value
+    if person.email and (_EMAIL, "", person.email) in held:
+        state["email"] = person.email
+    if person.phone and (_PHONE, "", person.phone) in held:
+        state["phone"] = person.phone
     new_tags = [t for t in person.tags if t not in state["tags"]]
     if new_tags:
         room = MAX_TAGS - len(state["tags"])
@@ -353,6 +364,22 @@ def _write_contacts(conn: Connection, workspace_id: str, store_id: str | None, p
     if store_id and plan.new_links:
         insert_many(conn, contact_stores, [{"contact_id": i, "store_id": store_id, "workspace_id": workspace_id,
                                             "created_at": now} for i in plan.new_links], ignore_conflicts=True)
+
+
+# Byte -> Crockford base32 digit of its low 5 bits: 256 is a multiple of 32, so a uniformly random
+# byte gives a uniformly random digit (5 random bits).
+_CROCKFORD_DIGIT = bytes(b"0123456789ABCDEFGHJKMNPQRSTVWXYZ"[b % 32] for b in range(256))
+
+
+def new_ids(prefix: str, count: int) -> list[str]:
+    """`count` ids as domain.ids.new_id(prefix) makes them (prefix, 48-bit millisecond time, then
+    80 random bits as 16 Crockford base32 digits), made at once: one urandom call and one
+    bytes.translate for the whole batch instead of Python arithmetic per id."""
+    if count <= 0:
+        return []
+    head = new_id(prefix)[:len(prefix) + 11]  # "ct_" + the 10 time digits of this millisecond
+    digits = os.urandom(16 * count).translate(_CROCKFORD_DIGIT).decode("ascii")
+    return [head + digits[i:i + 16] for i in range(0, 16 * count, 16)]
 
 
 def _chunks(values: Sequence[str] | Iterable[str]) -> Iterator[list[str]]:

@@ -7,7 +7,10 @@
     run()           streams the records from the checkpoint in batches; each batch is written in
                     one transaction together with the new checkpoint (byte offset, line number,
                     counters), so after a crash (even kill -9) a resume continues from the last
-                    committed batch: nothing is imported twice, nothing is skipped.
+                    committed batch: nothing is imported twice, nothing is skipped. Contact rows
+                    are parsed and normalised before their batch's transaction; for a large file
+                    in a second process (the reader, _ReaderProcess) that parses the next batch
+                    while this one writes. Which process parsed a batch changes nothing it stores.
 
 Memory is constant in the file size: the file is never read whole, one batch is held at a time.
 A batch's checkpoint update is conditional on the checkpoint it started from, so two runners of
@@ -29,11 +32,19 @@ import codecs
 import csv
 import hashlib
 import io
+import marshal
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
+from functools import partial
 from operator import methodcaller
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -43,6 +54,7 @@ import structlog
 from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
 from sqlalchemy.exc import DataError, IntegrityError
 
+import herald
 from herald.db.tables import import_errors, imports, stores
 from herald.domain import contacts as rules
 from herald.domain import csvmap
@@ -68,6 +80,9 @@ RECHECK_SECONDS = 30.0
 CONTACT_BATCH = 2000  # rows per transaction (identity.resolve_many works in sets of this size)
 ORDER_BATCH = 500  # orders per transaction
 READ_CHUNK = 1 << 20
+# Contact rows are parsed (csv, phone numbers, emails) in a second process while this one writes,
+# when what is left of the file is at least this large (below it, starting the process costs more).
+PROCESS_MIN_BYTES = 4 << 20
 # SQLite has one write lock and its busy handler retries with sleeps of up to 100 ms: a writer that
 # commits and begins again at once starves every other writer (API requests, webhooks, the worker)
 # for seconds. A short pause after each batch lets them in.
@@ -403,13 +418,24 @@ class _Batch:
 
 
 AfterBatch = Callable[[Connection, int], None]  # (connection, batches committed so far in this run)
+Write = Callable[[Connection, datetime], "_Counts"]
+
+
+@dataclass(slots=True)
+class _Ready:
+    """A batch ready to commit: the checkpoint after it and how to write it."""
+
+    offset: int
+    line: int
+    write: Write
 
 
 def run(engine: Engine, import_id: str, clock: Clock, *, progress: Progress | None = None,
         should_stop: Callable[[], bool] | None = None, batch_rows: int | None = None,
-        after_batch: AfterBatch | None = None) -> dict[str, Any]:
+        after_batch: AfterBatch | None = None, reader_process: bool | None = None) -> dict[str, Any]:
     """Run (or resume) an import to its end; returns the import row. `after_batch` runs inside each
-    batch's transaction (tests use it to simulate a crash: raising rolls that batch back)."""
+    batch's transaction (tests use it to simulate a crash: raising rolls that batch back).
+    `reader_process`: parse contact rows in a second process (None: when the file is large)."""
     row = _claim(engine, import_id, clock.now())
     if row["state"] in FINISHED:
         return row
@@ -417,23 +443,18 @@ def run(engine: Engine, import_id: str, clock: Clock, *, progress: Progress | No
         _check_file(row)
         ctx = _context(engine, row)
         size = batch_rows or (CONTACT_BATCH if row["kind"] == "contacts" else ORDER_BATCH)
-        write = _write_contacts if row["kind"] == "contacts" else _write_orders
         done = row["rows_ok"] + row["rows_unchanged"] + row["rows_failed"]
         pause = SQLITE_PAUSE if engine.dialect.name == "sqlite" else 0.0
-        path = Path(row["path"])
-        with path.open("rb") as fh:
-            codec, _bom = csvmap.codec_of(row["encoding"], fh.read(4))
-            options = row["options"]
-            reader = RecordReader(fh, codec, options["newline"], options["delimiter"], offset=row["offset"],
-                                  line=row["line"])
-            batches = _contact_batches(reader, size) if row["kind"] == "contacts" else _order_batches(
-                reader, size, ctx.order_key)
-            checkpoint = (row["offset"], row["line"])
+        source = _Source.of(row)
+        if reader_process is None:
+            reader_process = _worth_a_process(row)
+        checkpoint = (row["offset"], row["line"])
+        with _ready_batches(ctx, source, size, reader_process=reader_process) as batches:
             for n, batch in enumerate(batches, 1):
                 if should_stop is not None and should_stop():
                     log.info("import_paused", import_id=import_id, offset=checkpoint[0])
                     return _reload(engine, import_id)
-                counts = _commit_batch(engine, ctx, clock.now(), checkpoint, batch, write, n, after_batch)
+                counts = _commit_batch(engine, ctx, clock.now(), checkpoint, batch, n, after_batch)
                 if pause:
                     time.sleep(pause)
                 checkpoint = (batch.offset, batch.line)
@@ -502,19 +523,15 @@ def _fail(engine: Engine, import_id: str, exc: BaseException, now: datetime) -> 
     log.warning("import_stopped", import_id=import_id, error=reason[:200])
 
 
-def _commit_batch(engine: Engine, ctx: _Context, now: datetime, checkpoint: tuple[int, int], batch: _Batch,
-                  write: Callable[[Connection, _Context, list[tuple[int, list[str]]], datetime], _Counts], n: int,
-                  after_batch: AfterBatch | None) -> _Counts:
+def _commit_batch(engine: Engine, ctx: _Context, now: datetime, checkpoint: tuple[int, int], batch: _Ready,
+                  n: int, after_batch: AfterBatch | None) -> _Counts:
     with engine.begin() as conn:
         moved = conn.execute(update(imports).where(
             imports.c.id == ctx.import_id, imports.c.offset == checkpoint[0], imports.c.line == checkpoint[1],
             imports.c.state == "running").values(offset=batch.offset, line=batch.line, updated_at=now))
         if moved.rowcount != 1:
             raise Superseded()
-        counts = _Counts(failed=len(batch.bad), errors=[_error(ctx, line, None, "", reason)
-                                                        for line, reason in batch.bad])
-        if batch.records:
-            counts.add(_resilient(conn, ctx, batch.records, now, write))
+        counts = batch.write(conn, now)
         if counts.errors:
             conn.execute(insert(import_errors), counts.errors)
         conn.execute(update(imports).where(imports.c.id == ctx.import_id).values(
@@ -534,13 +551,23 @@ def _resilient(conn: Connection, ctx: _Context, records: list[tuple[int, list[st
             return write(conn, ctx, records, now)
     except (DataError, IntegrityError, InvalidValue, BadPayload) as exc:
         if len(records) == 1 or not _units(ctx, records):
-            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0][:300]
             return _Counts(failed=1, errors=[_error(ctx, records[0][0], None, "",
-                                                    f"could not be stored: {reason}; row not imported")])
+                                                    f"could not be stored: {_reason(exc)}; row not imported")])
         half = _split_point(ctx, records)
         out = _resilient(conn, ctx, records[:half], now, write)
         out.add(_resilient(conn, ctx, records[half:], now, write))
         return out
+
+
+def _reason(exc: Exception) -> str:
+    return (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0][:300]
+
+
+def _write_order_batch(ctx: _Context, batch: _Batch, conn: Connection, now: datetime) -> _Counts:
+    counts = _unreadable(ctx, batch.bad)
+    if batch.records:
+        counts.add(_resilient(conn, ctx, batch.records, now, _write_orders))
+    return counts
 
 
 def _units(ctx: _Context, records: list[tuple[int, list[str]]]) -> bool:
@@ -601,6 +628,170 @@ def _order_batches(reader: RecordReader, size: int, key_of: Callable[[list[str]]
         batch.offset, batch.line = offset, line
     if batch.records or batch.bad:
         yield batch
+
+
+# ---- where batches come from ------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """Where to read an import's records from: its file and checkpoint (picklable, for the reader process)."""
+
+    path: str
+    encoding: str
+    newline: str
+    delimiter: str
+    offset: int
+    line: int
+
+    @staticmethod
+    def of(row: dict[str, Any]) -> _Source:
+        options = row["options"]
+        return _Source(row["path"], row["encoding"], options["newline"], options["delimiter"], row["offset"],
+                       row["line"])
+
+    @contextmanager
+    def records(self) -> Iterator[RecordReader]:
+        with Path(self.path).open("rb") as fh:
+            codec, _bom = csvmap.codec_of(self.encoding, fh.read(4))
+            yield RecordReader(fh, codec, self.newline, self.delimiter, offset=self.offset, line=self.line)
+
+
+def _worth_a_process(row: dict[str, Any]) -> bool:
+    """A reader process pays for itself on a large contacts file with a second core to run on."""
+    return (row["kind"] == "contacts" and row["size_bytes"] - row["offset"] >= PROCESS_MIN_BYTES
+            and (os.cpu_count() or 1) > 1)
+
+
+@contextmanager
+def _ready_batches(ctx: _Context, source: _Source, size: int, *, reader_process: bool) -> Iterator[Iterator[_Ready]]:
+    """The import's batches in file order. Contact rows are parsed and normalised before the
+    batch's transaction starts: in this process, or (`reader_process`) in a second one that parses
+    the next batch while this one writes. Either way the checkpoint committed with
+    a batch is the one the file reader gave it, so a resume starts after the last committed batch."""
+    if ctx.kind != "contacts":
+        with source.records() as reader:
+            yield (_Ready(b.offset, b.line, partial(_write_order_batch, ctx, b))
+                   for b in _order_batches(reader, size, ctx.order_key))
+        return
+    if not reader_process:
+        with source.records() as reader:
+            yield (_ready_contacts(ctx, _parse_contacts(ctx, b)) for b in _contact_batches(reader, size))
+        return
+    with _ReaderProcess(ctx, source, size) as parsed:
+        yield (_ready_contacts(ctx, _decode(p)) for p in parsed)
+
+
+def _ready_contacts(ctx: _Context, parsed: _ParsedContacts) -> _Ready:
+    return _Ready(parsed.offset, parsed.line, partial(_write_parsed_contacts, ctx, parsed))
+
+
+class _ReaderProcess:
+    """A second Python process that reads and parses contact batches (_reader_main); iterating
+    yields them in file order. Leaving the `with` stops it.
+
+    It is started with subprocess (python -P -c ...), not multiprocessing: a spawned
+    multiprocessing child re-imports the parent's __main__, which a server or script embedding
+    Herald may not allow. The parent sends (ctx, source, batch size) pickled on the child's stdin;
+    the child writes length-prefixed pickled messages to its stdout. A blocking pipe is the bound:
+    the child parses at most one batch ahead of the one being written, so memory stays constant,
+    and if the parent dies the child's next write fails and it exits."""
+
+    def __init__(self, ctx: _Context, source: _Source, size: int) -> None:
+        self._job = pickle.dumps((ctx, source, size), protocol=pickle.HIGHEST_PROTOCOL)
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__
+        src = str(Path(herald.__file__).resolve().parent.parent)
+        path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH", "")) if p)
+        self._process = subprocess.Popen(
+            [sys.executable, "-P", "-c", "from herald.services.imports import _reader_main; _reader_main()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env={**os.environ, "PYTHONPATH": path})
+
+    def __enter__(self) -> Iterator[_Encoded]:
+        stdin = self._process.stdin
+        assert stdin is not None
+        try:
+            with stdin:
+                stdin.write(self._job)
+        except BrokenPipeError:
+            pass  # it died at once: the first read reports why
+        return self._batches()
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+        self._process.wait()
+        if self._process.stdout is not None:
+            self._process.stdout.close()
+        self._stderr.close()
+
+    def _batches(self) -> Iterator[_Encoded]:
+        while True:
+            kind, payload = self._next()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise payload
+            yield marshal.loads(payload)  # noqa: S302 - our own child's output
+
+    def _next(self) -> tuple[str, Any]:
+        stdout = self._process.stdout
+        assert stdout is not None
+        head = stdout.read(8)
+        body = stdout.read(int.from_bytes(head, "big")) if len(head) == 8 else b""
+        if len(head) < 8 or len(body) < int.from_bytes(head, "big"):
+            self._process.wait()
+            self._stderr.seek(0)
+            tail = self._stderr.read().decode("utf-8", "replace").strip().splitlines()[-1:]
+            raise RuntimeError(f"the import's reader process stopped (exit code {self._process.returncode})"
+                               + (f": {tail[0][:300]}" if tail else ""))
+        return pickle.loads(body)  # type: ignore[no-any-return]  # noqa: S301 - our own child's output
+
+
+def _reader_main() -> None:
+    """The reader process (see _ReaderProcess): parse batches to stdout until the file ends; an
+    exception is passed on to the parent, which raises it (the import then fails, resumably)."""
+    ctx, source, size = pickle.load(sys.stdin.buffer)  # noqa: S301 - from our parent
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # whatever else writes to stdout (a stray print, a library) goes to stderr
+    try:
+        with source.records() as reader:
+            for batch in _contact_batches(reader, size):
+                _send(out, ("batch", marshal.dumps(_encode(_parse_contacts(ctx, batch)))))
+        _send(out, ("end", None))
+    except BrokenPipeError:  # the parent is gone
+        return
+    except BaseException as exc:  # every other failure goes to the parent
+        try:
+            _send(out, ("error", exc))
+        except BrokenPipeError:
+            return
+        except Exception:  # an exception that cannot be pickled goes as its text
+            _send(out, ("error", RuntimeError(f"{type(exc).__name__}: {exc}")))
+
+
+def _send(out: BinaryIO, message: tuple[str, Any]) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    out.write(len(data).to_bytes(8, "big"))
+    out.write(data)
+    out.flush()
+
+
+# A parsed batch crosses processes as plain tuples of str/int/None/list/dict in marshal format
+# (loaded several times faster than pickled dataclasses):
+# (rows, (failed, errors), offset, line); a row is (line, external, email, phone, profile, tags,
+# attributes, consents, notes).
+_Encoded = tuple[list[tuple[Any, ...]], tuple[int, list[dict[str, Any]]], int, int]
+
+
+def _encode(parsed: _ParsedContacts) -> _Encoded:
+    rows = [(r.line, p.external, p.email, p.phone, p.profile, p.tags, p.attributes, r.consents, r.notes)
+            for r in parsed.rows for p in (r.person,)]
+    return rows, (parsed.counts.failed, parsed.counts.errors), parsed.offset, parsed.line
+
+
+def _decode(encoded: _Encoded) -> _ParsedContacts:
+    rows, (failed, errors), offset, line = encoded
+    parsed = [_ContactRow(n, identity.Person(external, email, phone, profile, tags, attributes), consents, notes)
+              for n, external, email, phone, profile, tags, attributes, consents, notes in rows]
+    return _ParsedContacts(parsed, _Counts(failed=failed, errors=errors), offset, line)
 
 
 # ---- mapping a row --------------------------------------------------------------------------------
@@ -686,25 +877,68 @@ def _shape(ctx: _Context, line: int, row: list[str], out: _Counts) -> list[str] 
     return row
 
 
+def _unreadable(ctx: _Context, bad: list[tuple[int, str]]) -> _Counts:
+    return _Counts(failed=len(bad), errors=[_error(ctx, line, None, "", reason) for line, reason in bad])
+
+
 @dataclass(slots=True)
 class _ContactRow:
     line: int
     person: identity.Person
     consents: list[tuple[str, bool]]
+    notes: list[dict[str, Any]]  # errors about values dropped from the row: reported when the row is stored
 
 
-def _write_contacts(conn: Connection, ctx: _Context, records: list[tuple[int, list[str]]], now: datetime) -> _Counts:
-    out = _Counts()
-    landed: list[_ContactRow] = []
-    for line, raw in records:
-        row = _shape(ctx, line, raw, out)
-        if row is None:
-            continue
-        parsed = _contact(ctx, line, row, out)
-        if parsed is not None:
-            landed.append(parsed)
-    if not landed:
+@dataclass(slots=True)
+class _ParsedContacts:
+    """A batch of contact records, parsed: the rows to store, and the records that failed
+    (unreadable, misshapen, no identity) counted and reported."""
+
+    rows: list[_ContactRow]
+    counts: _Counts
+    offset: int
+    line: int
+
+
+def _parse_contacts(ctx: _Context, batch: _Batch) -> _ParsedContacts:
+    """Pure (no database): runs in the reader process when there is one."""
+    counts = _unreadable(ctx, batch.bad)
+    rows: list[_ContactRow] = []
+    for line, raw in batch.records:
+        row = _shape(ctx, line, raw, counts)
+        if row is not None:
+            parsed = _contact(ctx, line, row, counts)
+            if parsed is not None:
+                rows.append(parsed)
+    return _ParsedContacts(rows, counts, batch.offset, batch.line)
+
+
+def _write_parsed_contacts(ctx: _Context, parsed: _ParsedContacts, conn: Connection, now: datetime) -> _Counts:
+    counts = _Counts(failed=parsed.counts.failed, errors=list(parsed.counts.errors))
+    if parsed.rows:
+        counts.add(_resilient_contacts(conn, ctx, parsed.rows, now))
+    return counts
+
+
+def _resilient_contacts(conn: Connection, ctx: _Context, rows: list[_ContactRow], now: datetime) -> _Counts:
+    """As _resilient, for parsed contact rows: a row the database refuses is reported alone."""
+    try:
+        with conn.begin_nested():
+            return _write_contacts(conn, ctx, rows, now)
+    except (DataError, IntegrityError, InvalidValue, BadPayload) as exc:
+        if len(rows) == 1:
+            return _Counts(failed=1, errors=[_error(ctx, rows[0].line, None, "",
+                                                    f"could not be stored: {_reason(exc)}; row not imported")])
+        half = len(rows) // 2
+        out = _resilient_contacts(conn, ctx, rows[:half], now)
+        out.add(_resilient_contacts(conn, ctx, rows[half:], now))
         return out
+
+
+def _write_contacts(conn: Connection, ctx: _Context, landed: list[_ContactRow], now: datetime) -> _Counts:
+    out = _Counts()
+    for row in landed:
+        out.errors.extend(row.notes)
     results = identity.resolve_many(conn, ctx.workspace_id, ctx.store.id, [r.person for r in landed], now)
     changes: dict[tuple[str, str], consent.ConsentChange] = {}  # later rows win, as across batches
     for parsed, result in zip(landed, results, strict=True):
@@ -719,7 +953,8 @@ def _write_contacts(conn: Connection, ctx: _Context, records: list[tuple[int, li
                 state="granted" if granted else "withdrawn", source=ctx.source, recorded_at=now)
     consent_changed = _consent_changes(conn, results, changes)
     if changes:
-        consent.record_many(conn, ctx.workspace_id, list(changes.values()))
+        consent.record_many(conn, ctx.workspace_id, list(changes.values()),
+                            new_contacts={r.contact_id for r in results if r.created})
     for result in results:
         if result.changed or result.contact_id in consent_changed:
             out.ok += 1
@@ -793,10 +1028,9 @@ def _contact(ctx: _Context, line: int, row: list[str], out: _Counts) -> _Contact
             out.errors.append(_error(ctx, line, column if column >= 0 else None, row[column] if column >= 0 else "",
                                      f"{reason}; row not imported (no usable email, phone or customer id)"))
         return None
-    for column, reason in notes:
-        out.errors.append(_error(ctx, line, column if column >= 0 else None, row[column] if column >= 0 else "",
-                                 f"{reason}; value ignored, the rest of the row was imported"))
-    return _ContactRow(line, person, consents)
+    kept = [_error(ctx, line, column if column >= 0 else None, row[column] if column >= 0 else "",
+                   f"{reason}; value ignored, the rest of the row was imported") for column, reason in notes]
+    return _ContactRow(line, person, consents, kept)
 
 
 def _problem_column(ctx: _Context, name: str) -> int:
