@@ -27,6 +27,7 @@ from tests.channels.email.test_mailgun import PAYLOADS as MAILGUN_PAYLOADS
 from tests.channels.email.test_mailgun import signature_block
 from tests.channels.email.test_sendgrid import Keys, new_keys
 from tests.services.support import make_shop
+from tests.services.test_email import history, message
 
 SENDGRID_ID = "14c5d75ce93.dfd.64b469"   # X-Message-Id of the send; events carry it plus a machine suffix
 MAILGUN_KEY = "mailgun-webhook-signing-key-for-tests"
@@ -90,15 +91,6 @@ def post_sendgrid(client: TestClient, account: Account, records: list[dict[str, 
                        headers=sendgrid_headers(account.keys, body, at))
 
 
-def message(c: Container, message_id: str) -> dict[str, Any]:
-    with c.engine.begin() as conn:
-        return dict(conn.execute(select(messages).where(messages.c.id == message_id)).mappings().one())
-
-
-def history(c: Container, message_id: str) -> list[str]:
-    with c.engine.begin() as conn:
-        return list(conn.execute(select(message_events.c.status).where(message_events.c.message_id == message_id)
-                                 .order_by(message_events.c.id)).scalars())
 
 
 def suppressed(c: Container) -> list[tuple[str, str, str]]:

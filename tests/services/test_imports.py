@@ -305,7 +305,8 @@ def test_rerunning_the_same_file_changes_nothing(engine: Engine, shop: Shop, tmp
         assert snapshot(conn) == before
 
 
-def test_resume_after_a_crash_mid_file(engine: Engine, shop: Shop, tmp_path: Path) -> None:
+@pytest.mark.parametrize("reader_process", [False, True], ids=["in-process", "reader-process"])
+def test_resume_after_a_crash_mid_file(engine: Engine, shop: Shop, tmp_path: Path, reader_process: bool) -> None:
     path = write(tmp_path / "many.csv", many(40))
     row = start(engine, shop, path)
 
@@ -314,14 +315,14 @@ def test_resume_after_a_crash_mid_file(engine: Engine, shop: Shop, tmp_path: Pat
             raise RuntimeError("simulated crash")
 
     with pytest.raises(RuntimeError, match="simulated crash"):
-        service.run(engine, row["id"], ShiftedClock(), batch_rows=6, after_batch=crash)
+        service.run(engine, row["id"], ShiftedClock(), batch_rows=6, after_batch=crash, reader_process=reader_process)
     with engine.begin() as conn:
         stopped = dict(conn.execute(select(imports).where(imports.c.id == row["id"])).mappings().one())
         assert count(conn, contacts) == 12  # two batches committed, the third rolled back
     assert stopped["state"] == "failed" and "simulated crash" in stopped["error"]
     assert (stopped["rows_ok"], stopped["line"]) == (12, 13)
     assert stopped["offset"] == len("".join(line + "\n" for line in many(40).splitlines()[:13]).encode())
-    done = service.run(engine, row["id"], ShiftedClock(), batch_rows=6)
+    done = service.run(engine, row["id"], ShiftedClock(), batch_rows=6, reader_process=reader_process)
     assert (done["state"], done["rows_ok"], done["rows_unchanged"], done["rows_failed"]) == ("completed", 40, 0, 1)
     with engine.begin() as conn:
         assert count(conn, contacts) == 40
@@ -442,24 +443,6 @@ def test_the_reader_process_imports_exactly_what_the_importing_process_does(
     assert results[0] == results[1]
     assert results[0][0][:4] == ("completed", 34, 0, 5)
     assert len(results[0][1]) > 30  # bad phones, countries, consents: reported, rows imported
-
-
-def test_the_reader_process_resumes_after_a_crash(engine: Engine, shop: Shop, tmp_path: Path) -> None:
-    path = write(tmp_path / "many.csv", many(40))
-    row = start(engine, shop, path)
-
-    def crash(_conn: Connection, n: int) -> None:
-        if n == 3:
-            raise RuntimeError("simulated crash")
-
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        service.run(engine, row["id"], ShiftedClock(), batch_rows=6, after_batch=crash, reader_process=True)
-    with engine.begin() as conn:
-        assert count(conn, contacts) == 12
-    done = service.run(engine, row["id"], ShiftedClock(), batch_rows=6, reader_process=True)
-    assert (done["state"], done["rows_ok"], done["rows_unchanged"], done["rows_failed"]) == ("completed", 40, 0, 1)
-    with engine.begin() as conn:
-        assert (count(conn, contacts), count(conn, consent_records), count(conn, import_errors)) == (40, 40, 1)
 
 
 def test_a_failing_reader_process_fails_the_import_resumably(engine: Engine, shop: Shop, tmp_path: Path) -> None:
