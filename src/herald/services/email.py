@@ -119,19 +119,20 @@ def _prepare(conn: Connection, service: EmailService, message_id: str) -> Prepar
         return None  # gone, or already settled (a job run twice changes nothing)
     now = service.now()
     store = _row(conn, stores, m["store_id"]) if m["store_id"] else None
-    refusal = _refusal(conn, m, store)
+    domain_row = _sending_domain(conn, m["workspace_id"], store)
+    refusal = _refusal(conn, m, store, domain_row)
     if refusal is not None:
         status, reason, detail = refusal
         _settle(conn, m, status=status, reason=reason, detail={"refusal": detail}, now=now)
         return None
-    assert store is not None
+    assert store is not None and domain_row is not None
     provider_list = provider_rows.for_channel(conn, m["workspace_id"], "email")
     if not provider_list:
         _settle(conn, m, status="failed", reason="no_provider",
                 detail={"refusal": "no email provider is configured: `herald providers add`"}, now=now)
         return None
     try:
-        outbound, language, subject = _render(conn, service, m, store)
+        outbound, language, subject = _render(conn, service, m, store, domain_row)
     except render.RenderError as exc:
         _settle(conn, m, status="failed", reason=FailureReason.CONTENT_REJECTED.value,
                 detail={"refusal": f"the template did not render: {exc}"}, now=now)
@@ -142,7 +143,18 @@ def _prepare(conn: Connection, service: EmailService, message_id: str) -> Prepar
     return Prepared(outbound, provider_list)
 
 
-def _refusal(conn: Connection, m: Mapping[str, Any], store: Mapping[str, Any] | None) -> tuple[str, str, str] | None:
+def _sending_domain(conn: Connection, workspace_id: str, store: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The sending domain of the store's From address, or None (no sender, or not a sending domain)."""
+    if store is None or not store["email_from"]:
+        return None
+    try:
+        return domains.get_domain(conn, workspace_id, _domain(store["email_from"]))
+    except (NotFound, InvalidInput):
+        return None
+
+
+def _refusal(conn: Connection, m: Mapping[str, Any], store: Mapping[str, Any] | None,
+             domain_row: Mapping[str, Any] | None) -> tuple[str, str, str] | None:
     """(status, reason code, explanation) when the message may not be sent."""
     suppressed = suppressions.reasons_for(conn, m["workspace_id"], "email", [m["to_address"]])
     code = suppressions.refusal(suppressed.get(m["to_address"]), m["purpose"])
@@ -150,12 +162,7 @@ def _refusal(conn: Connection, m: Mapping[str, Any], store: Mapping[str, Any] | 
         return "suppressed", code, f"the address is on the suppression list ({code})"
     if store is None or not store["email_from"]:
         return "failed", "no_sender", "the store has no sender address: set its email_from"
-    domain = store["email_from"].rpartition("@")[2].lower()
-    try:
-        row: Mapping[str, Any] | None = domains.get_domain(conn, m["workspace_id"], domain)
-    except (NotFound, InvalidInput):
-        row = None
-    why = domains.refusal(row, domain, m["purpose"])
+    why = domains.refusal(domain_row, _domain(store["email_from"]), m["purpose"])
     if why is not None:
         return "suppressed", "domain_unverified", why
     if m["purpose"] == "marketing" and not (store["postal_address"] or "").strip():
@@ -163,8 +170,8 @@ def _refusal(conn: Connection, m: Mapping[str, Any], store: Mapping[str, Any] | 
     return None
 
 
-def _render(conn: Connection, service: EmailService, m: Mapping[str, Any],
-            store: Mapping[str, Any]) -> tuple[OutboundMessage, str, str]:
+def _render(conn: Connection, service: EmailService, m: Mapping[str, Any], store: Mapping[str, Any],
+            domain_row: Mapping[str, Any]) -> tuple[OutboundMessage, str, str]:
     template = templates.find_template(conn, m["workspace_id"], m["template_id"])
     contact = _contact(conn, m["contact_id"])
     language, compiled = templates.compiled(template, (contact or {}).get("language"))
@@ -183,7 +190,6 @@ def _render(conn: Connection, service: EmailService, m: Mapping[str, Any],
     if body_html is not None:
         body_html = service.links.rewrite(body_html, m["id"])
         body_html = tracking.add_open_pixel(body_html, service.links.open_url(m["id"]))
-    domain_row = domains.get_domain(conn, m["workspace_id"], _domain(store["email_from"]))
     return_path = f"bounce+{m['id']}@{service.inbound_domain}" if service.inbound_domain else store["email_from"]
     outbound = OutboundMessage(
         id=m["id"], workspace_id=m["workspace_id"], channel="email", purpose=m["purpose"], to=m["to_address"],

@@ -13,7 +13,7 @@ inbound SMTP listener, a tracking link — goes through `apply_events` in the ca
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -32,7 +32,6 @@ class FeedbackReport:
     applied: int = 0
     unmatched: int = 0
     repeated: int = 0
-    suppressed: list[str] = field(default_factory=list)  # message ids whose address was suppressed
 
 
 def apply_events(conn: Connection, events: Sequence[DeliveryEvent], *, now: datetime,
@@ -49,8 +48,7 @@ def apply_events(conn: Connection, events: Sequence[DeliveryEvent], *, now: date
             report.repeated += 1
             continue
         report.applied += 1
-        if _consequence(conn, message, event, now=now, source=source):
-            report.suppressed.append(message.id)
+        _consequence(conn, message, event, now=now, source=source)
     return report
 
 
@@ -116,8 +114,8 @@ def _detail(event: DeliveryEvent) -> dict[str, Any]:
     return detail
 
 
-def _consequence(conn: Connection, message: Row[Any], event: DeliveryEvent, *, now: datetime, source: str) -> bool:
-    """Suppress the address (and withdraw consent) when the event says so; True if suppressed."""
+def _consequence(conn: Connection, message: Row[Any], event: DeliveryEvent, *, now: datetime, source: str) -> None:
+    """Suppress the address (and withdraw consent) when the event says so."""
     reason: str | None = None
     if event.kind == "bounced" and event.permanent and event.reason in _HARD_BOUNCE:
         reason = "hard_bounce"
@@ -127,11 +125,11 @@ def _consequence(conn: Connection, message: Row[Any], event: DeliveryEvent, *, n
         reason = "unsubscribed"
         withdraw_marketing(conn, message, source=source, now=now)
     if reason is None:
-        return False
+        return
     # The matched message's recipient, never the address the report names: complaint reports often
     # rewrite it, and an unauthenticated report must not be able to suppress an arbitrary address.
-    return suppressions.suppress(conn, message.workspace_id, message.channel, message.to_address, reason, source=source,
-                                 now=now, message_id=message.id, detail=event.detail or None)
+    suppressions.suppress(conn, message.workspace_id, message.channel, message.to_address, reason, source=source,
+                          now=now, message_id=message.id, detail=event.detail or None)
 
 
 # A permanent bounce for these reasons says the address itself is bad; a permanent "blocked" or

@@ -34,11 +34,9 @@ def handle(engine: Engine, adapters: ChannelAdapters, links: TrackingLinks, reci
         tag = local.partition("+")[2]
         if local.lower().startswith("unsubscribe+"):
             try:
-                link = links.verify(tag)
+                unsubscribes.append(links.verify(tag, kind="unsubscribe").message_id)
             except BadToken:
-                continue  # a forged or mangled address: nothing to do, nothing to reveal
-            if link.kind == "unsubscribe":
-                unsubscribes.append(link.message_id)
+                continue  # a forged or mangled address, or another kind of token: nothing to do or reveal
         elif local.lower().startswith("bounce+") and tag:
             verp_id = tag
     if verp_id is not None or not unsubscribes:

@@ -66,7 +66,7 @@ class ProviderCache:
         self.master_key = master_key
         self._live: dict[str, tuple[datetime, Provider]] = {}
         self._stale: list[Provider] = []
-        self._parsers: dict[str, tuple[datetime, CallbackParser]] = {}
+        self._parsers: dict[str, tuple[datetime, CallbackParser, list[str]]] = {}
         self._lock = threading.Lock()
 
     def provider(self, row: Mapping[str, Any]) -> Provider:
@@ -83,14 +83,14 @@ class ProviderCache:
     def callback_parser(self, row: Mapping[str, Any]) -> tuple[CallbackParser, list[str]]:
         """The provider's callback parser (kept, so its replay cache lives) and the keys that
         verify its callbacks (the current `webhook_key` and, during a rotation, the previous)."""
-        secrets = secrets_of(self.master_key, row)
         with self._lock:
             hit = self._parsers.get(row["id"])
-            if hit is None or hit[0] != row["updated_at"]:
-                hit = (row["updated_at"], self.adapters.callback_parser(row["kind"], row["config"], secrets))
+            if hit is None or hit[0] != row["updated_at"]:  # unseal the secrets once per version of the row
+                secrets = secrets_of(self.master_key, row)
+                keys = [secrets[name] for name in ("webhook_key", "previous_webhook_key") if secrets.get(name)]
+                hit = (row["updated_at"], self.adapters.callback_parser(row["kind"], row["config"], secrets), keys)
                 self._parsers[row["id"]] = hit
-        keys = [secrets[name] for name in ("webhook_key", "previous_webhook_key") if secrets.get(name)]
-        return hit[1], keys
+        return hit[1], hit[2]
 
     async def aclose(self) -> None:
         with self._lock:

@@ -17,7 +17,7 @@ from herald.api.deps import ContainerDep
 from herald.bootstrap import Container
 from herald.domain.delivery import DeliveryEvent
 from herald.domain.errors import NotFound
-from herald.pipeline.tracking import BadToken, TrackedLink
+from herald.pipeline.tracking import BadToken, TrackedKind, TrackedLink
 from herald.services import feedback
 
 router = APIRouter(prefix="/t", tags=["tracking"], include_in_schema=False)
@@ -27,9 +27,9 @@ PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRA
 NO_STORE = {"Cache-Control": "no-store, private", "Referrer-Policy": "no-referrer"}
 
 
-def _verified(c: Container, token: str, kind: str) -> TrackedLink:
+def _verified(c: Container, token: str, kind: TrackedKind) -> TrackedLink:
     try:
-        return c.email.links.verify(token, kind=kind)  # type: ignore[arg-type]
+        return c.email.links.verify(token, kind=kind)
     except BadToken:
         raise NotFound("this link is not valid (it may have been cut or altered)") from None
 
