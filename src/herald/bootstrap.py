@@ -22,6 +22,7 @@ from herald.domain.delivery import ChannelAdapters
 from herald.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
+    from herald.pipeline.consent_links import ConsentLinks
     from herald.services.email import EmailService
 
 
@@ -53,6 +54,7 @@ class Container:
     _connectors: Mapping[str, WebhookConnector] | None = None
     _adapters: ChannelAdapters | None = None
     _email: EmailService | None = None
+    _consent_links: ConsentLinks | None = None
 
     @property
     def connectors(self) -> Mapping[str, WebhookConnector]:
@@ -89,8 +91,26 @@ class Container:
             self._email = EmailService(
                 engine=self.engine, now=self.clock.now, providers=ProviderCache(self.adapters, self.master_key),
                 links=TrackingLinks(self.settings.public_base_url, derive_key(self.master_key, b"tracking links v1")),
-                master_key=self.master_key, inbound_domain=self.settings.inbound_domain or None)
+                master_key=self.master_key, inbound_domain=self.settings.inbound_domain or None,
+                preference_links=self.consent_links, tombstone_key=self.tombstone_key)
         return self._email
+
+    @property
+    def tombstone_key(self) -> bytes:
+        """The key of erased addresses' suppression tombstones (services/suppressions.py)."""
+        from herald.services.suppressions import TOMBSTONE_PURPOSE
+
+        return derive_key(self.master_key, TOMBSTONE_PURPOSE)
+
+    @property
+    def consent_links(self) -> ConsentLinks:
+        """Signed links to the hosted double opt-in confirmation and preference centre."""
+        if self._consent_links is None:
+            from herald.pipeline.consent_links import ConsentLinks
+
+            self._consent_links = ConsentLinks(self.settings.public_base_url,
+                                               derive_key(self.master_key, b"consent links v1"))
+        return self._consent_links
 
     async def aclose_providers(self) -> None:
         if self._email is not None:

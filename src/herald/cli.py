@@ -650,8 +650,9 @@ def import_errors_cmd(
     err.print(f"wrote {out_file}", highlight=False)
 
 
-# The email commands live in their own module; importing it registers them on `app`.
-from herald import cli_email  # noqa: E402, F401
+# Command groups in their own modules (email; policy; suppressions and privacy): importing
+# them registers their commands on `app`.
+from herald import cli_email, cli_policy, cli_privacy  # noqa: E402, F401
 
 
 def main() -> None:

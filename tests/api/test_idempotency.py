@@ -117,7 +117,9 @@ def test_every_create_route_accepts_the_key(client: TestClient, world: World) ->
         "/api/v1/api-keys": {"name": "deploy"},
         "/api/v1/templates": {"name": "t", "purpose": "marketing",
                               "variants": {"en": {"subject": "Hi", "body": "<p>x</p>", "body_format": "html"}}},
-        f"/api/v1/imports?kind=contacts&store_id={world.ids['A1']['store']}": b"email\nup@example.com\n"}
+        f"/api/v1/imports?kind=contacts&store_id={world.ids['A1']['store']}": b"email\nup@example.com\n",
+        "/api/v1/suppressions": [{"address": "s@example.com"}],
+        "/api/v1/suppressions/import": b"address\nt@example.com\n"}
     creates = [p for p, ops in client.app.openapi()["paths"].items()  # type: ignore[attr-defined]
                if "post" in ops and p.startswith("/api/v1/") and "{" not in p]  # collections, not actions
     assert sorted(creates) == sorted(p.split("?")[0] for p in bodies), "a new create route: add a body for it here"

@@ -24,8 +24,8 @@ def id_routes(client: TestClient, method: str | None = None) -> list[tuple[str, 
     found = []
     for path, operations in client.app.openapi()["paths"].items():  # type: ignore[attr-defined]
         params = re.findall(r"{(\w+)}", path)
-        if not path.startswith("/api/v1") or not params:
-            continue
+        if not path.startswith("/api/v1") or not params or path.startswith("/api/v1/suppressions/"):
+            continue  # suppressions are named by (channel, address) and workspace keys only (403 for a store's)
         unknown = [p for p in params if p not in PARAM_OBJECTS]
         assert not unknown, f"{path}: teach test_tenancy.PARAM_OBJECTS about {unknown}"
         for verb in sorted(operations):

@@ -29,7 +29,7 @@ from herald.bootstrap import Container, build
 from herald.db.tables import consent_records, jobs, message_events, messages, suppressions
 from herald.domain.auth import Principal
 from herald.domain.clock import ShiftedClock
-from herald.services import domains, feedback, providers, stores, templates
+from herald.services import consent, domains, feedback, identity, providers, stores, templates
 from herald.services import email as email_service
 from tests.conftest import make_settings
 from tests.dnsserver import DnsServer, dns_server
@@ -122,7 +122,22 @@ def setup_world(c: Container, dns: DnsServer, sink_port: int, *, verify: bool = 
     return World(shop, template, marketing)
 
 
+def subscribe(c: Container, workspace_id: str, address: str, store_id: str | None = None) -> str:
+    """The contact of `address` (created if new) with marketing email consent granted a day ago."""
+    with c.engine.begin() as conn:
+        person, problems = identity.normalize_person(email=address)
+        assert not problems, problems
+        contact_id = identity.resolve(conn, workspace_id, store_id, person, c.clock.now()).contact_id
+        consent.record_many(conn, workspace_id, [consent.ConsentChange(
+            contact_id=contact_id, store_id=store_id, channel="email", purpose="marketing", state="granted",
+            source="test", recorded_at=c.clock.now() - timedelta(days=1))])
+    return contact_id
+
+
 def queue(c: Container, world: World, template: dict[str, Any], to: str = "ana@example.net") -> str:
+    """Queue the template to `to`; a marketing one to a subscribed contact (the policy needs consent)."""
+    if template["purpose"] == "marketing":
+        subscribe(c, world.shop.workspace_id, to)
     with c.engine.begin() as conn:
         return email_service.queue_email(conn, workspace_id=world.shop.workspace_id, template=template, to=to,
                                          now=c.clock.now(), store_id=world.shop.store.id,
@@ -241,10 +256,13 @@ def test_unsubscribe_withdraws_the_contacts_marketing_consent(mail: Container, d
     who = Principal("test", world.shop.workspace_id, None)
     with mail.engine.begin() as conn:
         contact = contacts.create_contact(conn, who, {"email": "ana@example.net"}, mail.clock.now())
+    subscribe(mail, world.shop.workspace_id, "ana@example.net")
+    with mail.engine.begin() as conn:
         message_id = email_service.queue_email(conn, workspace_id=world.shop.workspace_id, template=world.marketing,
                                                to="ana@example.net", now=mail.clock.now(),
                                                store_id=world.shop.store.id, contact_id=contact["id"])
     send(mail, message_id)
+    assert message(mail, message_id)["status"] == "sent"
     mail.clock.advance(timedelta(seconds=5))  # type: ignore[attr-defined]
     with mail.engine.begin() as conn:
         assert feedback.unsubscribe(conn, message_id, source="one-click", now=mail.clock.now())

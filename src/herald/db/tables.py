@@ -123,6 +123,9 @@ contacts = Table(
     Column("first_order_at", UTCDateTime, nullable=True),
     Column("last_order_at", UTCDateTime, nullable=True),
     Column("last_checkout_at", UTCDateTime, nullable=True),
+    # The contact's last inbound WhatsApp message (issue 5/6): free-form WhatsApp messages may
+    # only be sent within 24 hours of it.
+    Column("whatsapp_inbound_at", UTCDateTime, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Index("ix_contacts_workspace", "workspace_id", "id"),
@@ -460,6 +463,8 @@ messages = Table(
     CheckConstraint("purpose IN ('marketing','transactional')", name="purpose"),
     Index("ix_messages_workspace", "workspace_id", "id"),
     Index("ix_messages_contact", "contact_id", "created_at"),
+    Index("ix_messages_contact_sent", "contact_id", "sent_at"),  # frequency caps (pipeline/policy.py)
+    Index("ix_messages_status", "workspace_id", "status", "status_reason"),  # refusal counts
     Index("ix_messages_provider_id", "provider", "provider_message_id"),
 )
 
@@ -524,6 +529,10 @@ templates = Table(
     Column("default_language", String(16), nullable=False),
     Column("variants", Json, nullable=False),
     Column("version", Integer, nullable=False, server_default="1"),
+    # WhatsApp templates (issue 6): Meta's category (marketing | utility | authentication) and
+    # approval status (approved | pending | rejected | paused); the policy checks both.
+    Column("category", String(24), nullable=True),
+    Column("approval_status", String(16), nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     UniqueConstraint("workspace_id", "name", name="uq_templates_name"),
@@ -531,7 +540,8 @@ templates = Table(
 )
 
 # Addresses no marketing (and, for bounces/complaints/erasure, no) message may go to.
-# `address` is normalised (email lower-cased, phone E.164).
+# `address` is normalised (email lower-cased, phone E.164), or for an erased contact a keyed-hash
+# tombstone "hmac:<hex>" (services/suppressions.py) so the address stays suppressed unstored.
 suppressions = Table(
     "suppressions",
     metadata,
@@ -549,6 +559,20 @@ suppressions = Table(
         "reason IN ('unsubscribed','hard_bounce','complaint','invalid','erased','manual')", name="reason"),
 )
 
+# One row per GDPR/CCPA erasure: who asked, when, and how many rows of each kind were removed.
+# It holds no personal data (the contact id is an opaque identifier of a row that no longer exists).
+erasures = Table(
+    "erasures",
+    metadata,
+    Column("id", BigIntPK, primary_key=True, autoincrement=True),
+    _ws(),
+    Column("contact_id", String(ID), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("removed", Json, nullable=False, server_default=text("'{}'")),
+    Column("tombstones", Integer, nullable=False, server_default="0"),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_erasures_workspace", "workspace_id", "id"),
+)
 message_events = Table(
     "message_events",
     metadata,

@@ -4,8 +4,10 @@ The current state of a (contact, channel, purpose, store) is its latest row, ord
 (recorded_at, id). record_many reads those latest rows for a whole batch in one query per chunk
 (a window function, on SQLite and PostgreSQL alike) and appends a row only where the state
 changes, so replaying the same input (a webhook delivered twice, an import run again) appends
-nothing. A change recorded at or before the latest row's time is stale and skipped: deliveries
-arrive out of order, and an older statement never overrides a newer one.
+nothing (a repeated state is appended only when a newer record of another store scope, e.g. a
+workspace-wide withdrawal, stands between: see _newest_per_scope). A change recorded at or before
+the latest row's time is stale and skipped: deliveries arrive out of order, and an older
+statement never overrides a newer one.
 """
 
 from __future__ import annotations
@@ -57,12 +59,16 @@ def record_many(conn: Connection, workspace_id: str, changes: Sequence[ConsentCh
     if not changes:
         return 0
     latest = _latest(conn, sorted({c.contact_id for c in changes if c.contact_id not in new_contacts}))
+    newest = _newest_per_scope(latest)
     rows = []
     for change in changes:
         current = latest.get(change.key)
-        if current is not None and (current[1] == change.state or change.recorded_at <= current[0]):
+        scope = change.key[:3]
+        if current is not None and (change.recorded_at <= current[0]
+                                    or (current[1] == change.state and current[0] >= newest[scope])):
             continue
         latest[change.key] = (change.recorded_at, change.state)
+        newest[scope] = max(newest.get(scope, change.recorded_at), change.recorded_at)
         rows.append({"workspace_id": workspace_id, "contact_id": change.contact_id, "store_id": change.store_id,
                      "channel": change.channel, "purpose": change.purpose, "state": change.state,
                      "source": change.source[:64], "wording_version": change.wording_version,
@@ -71,6 +77,19 @@ def record_many(conn: Connection, workspace_id: str, changes: Sequence[ConsentCh
     if rows:
         insert_many(conn, consent_records, rows)
     return len(rows)
+
+
+def _newest_per_scope(latest: dict[Key, tuple[datetime, str]]) -> dict[tuple[str, str, str], datetime]:
+    """The newest record time per (contact, channel, purpose) over every store and the
+    workspace-wide key. A change that repeats its key's state is skipped only when that key holds
+    the newest record: a store's re-grant after a newer workspace-wide withdrawal (or the reverse)
+    changes what applies (domain/policy.consent_state), so it is recorded."""
+    newest: dict[tuple[str, str, str], datetime] = {}
+    for key, (at, _state) in latest.items():
+        scope = key[:3]
+        if scope not in newest or at > newest[scope]:
+            newest[scope] = at
+    return newest
 
 
 def _check(i: int, change: ConsentChange) -> None:

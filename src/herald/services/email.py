@@ -4,10 +4,12 @@ the outcome. Every message ends sent, suppressed (with the reason), failed (with
 expired (G2).
 
 Checks at send time (G8), first refusal wins and is stored as the message's status_reason:
-  * the address is suppressed (services/suppressions.py);
-  * marketing email needs a verified sending domain and the store's postal address;
-  * there is a sender (the store's email_from) and a provider.
-(The full policy pipeline — consent, caps, quiet hours — is issue 5's.)
+  * there is a sender (the store's email_from);
+  * the send-time policy (domain/policy.py via services/policy.py): suppression, consent for the
+    purpose, a verified sending domain for marketing, frequency caps, quiet hours (a deferral:
+    the message stays queued and a new job is due at the next allowed minute), balance;
+  * transactional email needs a known sending domain (its DKIM key), marketing email the store's
+    postal address, and there must be a provider.
 
 A provider's `retry` outcome is retried with backoff (its Retry-After when it gave one) until the
 job's attempts run out, then the message expires. A retry for a provider outage or throttling
@@ -27,15 +29,26 @@ from typing import Any, Final
 from sqlalchemy import Connection, Engine, select, update
 
 from herald.db import jobs as jobs_db
-from herald.db.tables import checkouts, contacts, fulfillments, message_events, messages, order_lines, orders, stores
+from herald.db.tables import (
+    checkouts,
+    contact_identities,
+    contacts,
+    fulfillments,
+    message_events,
+    messages,
+    order_lines,
+    orders,
+    stores,
+)
 from herald.domain.contacts import InvalidValue, normalize_email
 from herald.domain.delivery import DkimKey, EmailContent, FailureReason, OutboundMessage, SendResult
 from herald.domain.errors import InvalidInput, NotFound
 from herald.domain.ids import new_id
 from herald.domain.jobs import Outcome, Retry
 from herald.domain.money import from_minor
-from herald.pipeline import render, tracking
-from herald.services import domains, suppressions, templates
+from herald.domain.policy import Decision, SendRequest
+from herald.pipeline import consent_links, render, tracking
+from herald.services import domains, policy, suppressions, templates
 from herald.services import providers as provider_rows
 
 JOB_KIND: Final = "message.send"
@@ -56,6 +69,8 @@ class EmailService:
     links: tracking.TrackingLinks
     master_key: bytes
     inbound_domain: str | None = None   # where bounces and mailto unsubscribes arrive (herald inbound-smtp)
+    preference_links: consent_links.ConsentLinks | None = None   # makes `preferences_url` (hosted preference centre)
+    tombstone_key: bytes | None = None  # matches erased addresses' suppression tombstones
 
 
 def queue_email(conn: Connection, *, workspace_id: str, template: Mapping[str, Any], to: str, now: datetime,
@@ -67,6 +82,8 @@ def queue_email(conn: Connection, *, workspace_id: str, template: Mapping[str, A
     except InvalidValue as exc:
         raise InvalidInput.on("to", str(exc)) from None
     message_id = new_id("msg")
+    if contact_id is None:
+        contact_id = contact_for_address(conn, workspace_id, "email", address)
     conn.execute(messages.insert().values(
         id=message_id, workspace_id=workspace_id, store_id=store_id or template.get("store_id"),
         contact_id=contact_id, channel="email", purpose=purpose or template["purpose"], to_address=address,
@@ -75,6 +92,14 @@ def queue_email(conn: Connection, *, workspace_id: str, template: Mapping[str, A
     jobs_db.enqueue(conn, JOB_KIND, {"message_id": message_id}, now=now, due_at=due_at, max_attempts=MAX_ATTEMPTS,
                     unique_key=f"{JOB_KIND}:{message_id}", workspace_id=workspace_id)
     return message_id
+
+
+def contact_for_address(conn: Connection, workspace_id: str, kind: str, address: str) -> str | None:
+    """The contact this (normalised) email address or E.164 phone number identifies, if any: the
+    policy needs a contact to find consent, caps and local time."""
+    i = contact_identities.c
+    return conn.execute(select(i.contact_id).where(i.workspace_id == workspace_id, i.kind == kind,
+                                                  i.namespace == "", i.value == address)).scalar()
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +145,12 @@ def _prepare(conn: Connection, service: EmailService, message_id: str) -> Prepar
     now = service.now()
     store = _row(conn, stores, m["store_id"]) if m["store_id"] else None
     domain_row = _sending_domain(conn, m["workspace_id"], store)
-    refusal = _refusal(conn, m, store, domain_row)
+    decision = _policy(conn, service, m, store, now)
+    if decision.verdict == "defer":
+        assert decision.until is not None
+        defer(conn, m, decision, now=now)
+        return None
+    refusal = _refusal(m, store, domain_row, decision)
     if refusal is not None:
         status, reason, detail = refusal
         _settle(conn, m, status=status, reason=reason, detail={"refusal": detail}, now=now)
@@ -153,13 +183,38 @@ def _sending_domain(conn: Connection, workspace_id: str, store: Mapping[str, Any
         return None
 
 
-def _refusal(conn: Connection, m: Mapping[str, Any], store: Mapping[str, Any] | None,
-             domain_row: Mapping[str, Any] | None) -> tuple[str, str, str] | None:
+def _policy(conn: Connection, service: EmailService, m: Mapping[str, Any], store: Mapping[str, Any] | None,
+            now: datetime) -> Decision:
+    """The send-time policy's decision for this message (a batch of one)."""
+    request = SendRequest(message_id=m["id"], contact_id=m["contact_id"], store_id=m["store_id"], channel="email",
+                          purpose=m["purpose"], address=m["to_address"],
+                          sending_domain=_domain(store["email_from"]) if store and store["email_from"] else None)
+    fallback = store["timezone"] if store is not None else None
+    return policy.decide_batch(conn, m["workspace_id"], [request], now=now, tombstone_key=service.tombstone_key,
+                               fallback_timezone=fallback)[0]
+
+
+def defer(conn: Connection, m: Mapping[str, Any], decision: Decision, *, now: datetime) -> None:
+    """Hold the message until `decision.until` (quiet hours): it stays queued, a new send job is due
+    then, and this one ends. The deferral is not an attempt: the message keeps all its retries."""
+    assert decision.until is not None and decision.code is not None
+    conn.execute(update(messages).where(messages.c.id == m["id"]).values(
+        status="queued", status_reason=decision.code, updated_at=now))
+    _event(conn, m, "deferred", decision.code, {"until": decision.until.isoformat(), "why": decision.detail}, now)
+    jobs_db.enqueue(conn, JOB_KIND, {"message_id": m["id"]}, now=now, due_at=decision.until,
+                    max_attempts=MAX_ATTEMPTS, unique_key=f"{JOB_KIND}:{m['id']}:{decision.until:%Y%m%dT%H%M}",
+                    workspace_id=m["workspace_id"])
+
+
+def _refusal(m: Mapping[str, Any], store: Mapping[str, Any] | None, domain_row: Mapping[str, Any] | None,
+             decision: Decision) -> tuple[str, str, str] | None:
     """(status, reason code, explanation) when the message may not be sent."""
-    suppressed = suppressions.reasons_for(conn, m["workspace_id"], "email", [m["to_address"]])
-    code = suppressions.refusal(suppressed.get(m["to_address"]), m["purpose"])
-    if code is not None:
-        return "suppressed", code, f"the address is on the suppression list ({code})"
+    if decision.verdict == "refuse":
+        assert decision.code is not None
+        detail = decision.detail or decision.code
+        if decision.code == "domain_unverified" and store is not None and store["email_from"]:
+            detail = domains.refusal(domain_row, _domain(store["email_from"]), m["purpose"]) or detail
+        return "suppressed", decision.code, detail
     if store is None or not store["email_from"]:
         return "failed", "no_sender", "the store has no sender address: set its email_from"
     why = domains.refusal(domain_row, _domain(store["email_from"]), m["purpose"])
@@ -177,7 +232,10 @@ def _render(conn: Connection, service: EmailService, m: Mapping[str, Any], store
     language, compiled = templates.compiled(template, (contact or {}).get("language"))
     marketing = m["purpose"] == "marketing"
     unsubscribe_url = service.links.unsubscribe_url(m["id"])
-    variables = variables_for(conn, m, store, contact, unsubscribe_url=unsubscribe_url if marketing else None)
+    preferences_url = (service.preference_links.preferences_url(contact["id"], service.now())
+                       if service.preference_links is not None and contact is not None else None)
+    variables = variables_for(conn, m, store, contact, unsubscribe_url=unsubscribe_url if marketing else None,
+                              preferences_url=preferences_url)
     rendered = render.render_email(compiled, variables)
     body_html: str | None = rendered.html
     body_text = rendered.text
@@ -304,7 +362,8 @@ def _event(conn: Connection, m: Mapping[str, Any], status: str, reason: str | No
 # -- template variables ------------------------------------------------------------------------------
 
 def variables_for(conn: Connection, m: Mapping[str, Any], store: Mapping[str, Any],
-                  contact: Mapping[str, Any] | None, *, unsubscribe_url: str | None) -> dict[str, Any]:
+                  contact: Mapping[str, Any] | None, *, unsubscribe_url: str | None,
+                  preferences_url: str | None = None) -> dict[str, Any]:
     """The variables a template sees (the names are documented in pipeline/render.py)."""
     context = m["context"] or {}
     variables: dict[str, Any] = {
@@ -312,6 +371,7 @@ def variables_for(conn: Connection, m: Mapping[str, Any], store: Mapping[str, An
         "store": {"name": store["name"], "url": f"https://{store['domain']}" if store["domain"] else "",
                   "address": store["postal_address"] or ""},
         "unsubscribe_url": unsubscribe_url or "",
+        "preferences_url": preferences_url or "",   # the contact's preference centre; empty without a contact
     }
     if context.get("order_id"):
         variables["order"] = _order_vars(conn, context["order_id"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -11,7 +12,7 @@ import structlog
 from herald.bootstrap import Container
 from herald.db import jobs as jobs_db
 from herald.domain.jobs import Fail, Outcome, Retry
-from herald.services import email, idempotency, intake
+from herald.services import email, idempotency, intake, retention
 from herald.services import imports as csv_imports
 from herald.services import segment as segment_intake
 from herald.worker.engine import Worker
@@ -20,6 +21,7 @@ from herald.worker.registry import JobContext, JobKind, Registry
 log = structlog.get_logger("herald.jobs")
 
 MAX_DIAG_SLEEP = 3600.0
+RETENTION_SLICE_SECONDS = 240.0  # per attempt, well inside the default 300 s job timeout
 
 
 def build_registry(container: Container) -> Registry:
@@ -63,6 +65,15 @@ def build_registry(container: Container) -> Registry:
         return await email.deliver(container.email, payload["message_id"], attempt=ctx.attempt,
                                    max_attempts=ctx.max_attempts)
 
+    async def apply_retention(_ctx: JobContext, _payload: dict[str, Any]) -> Outcome:
+        """Delete data past each workspace's retention limits (services/retention.py), committing
+        every batch; a large backlog continues in the next attempt instead of outliving the timeout."""
+        deadline = time.monotonic() + RETENTION_SLICE_SECONDS
+        totals, finished = await asyncio.to_thread(retention.run_all, container.engine, container.clock.now(),
+                                                   should_stop=lambda: time.monotonic() > deadline)
+        log.info("retention_applied", finished=finished, **totals)
+        return None if finished else Retry(1.0, "more data past its retention limit: continuing")
+
     return Registry([
         JobKind("maintenance.prune", prune, max_attempts=3, every=timedelta(hours=1)),
         # Enqueued by the event writer for each second with ingestion; periodic as a safety net.
@@ -71,6 +82,7 @@ def build_registry(container: Container) -> Registry:
         JobKind(csv_imports.JOB_KIND, intake_import, max_attempts=csv_imports.JOB_ATTEMPTS,
                 timeout_seconds=csv_imports.JOB_TIMEOUT_SECONDS),
         JobKind(email.JOB_KIND, send_message, max_attempts=email.MAX_ATTEMPTS),
+        JobKind(retention.JOB_KIND, apply_retention, max_attempts=100, every=timedelta(hours=6)),
         # Diagnostics: `herald jobs probe` and bench/engine.py measure the engine with these.
         JobKind("diag.noop", _noop),
         JobKind("diag.sleep", _sleep, timeout_seconds=MAX_DIAG_SLEEP + 60),

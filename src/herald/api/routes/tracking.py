@@ -18,7 +18,7 @@ from herald.bootstrap import Container
 from herald.domain.delivery import DeliveryEvent
 from herald.domain.errors import NotFound
 from herald.pipeline.tracking import BadToken, TrackedKind, TrackedLink
-from herald.services import feedback
+from herald.services import feedback, preferences
 
 router = APIRouter(prefix="/t", tags=["tracking"], include_in_schema=False)
 log = structlog.get_logger("herald.tracking")
@@ -65,12 +65,13 @@ async def open_pixel(token: str, c: ContainerDep) -> Response:
 
 @router.get("/u/{token}", response_class=HTMLResponse)
 async def unsubscribe_page(token: str, c: ContainerDep) -> HTMLResponse:
-    _verified(c, token, "unsubscribe")
+    link = _verified(c, token, "unsubscribe")
     action = html.escape(f"/t/u/{token}")
+    manage = await run_in_threadpool(_preferences_link, c, link.message_id)
     return HTMLResponse(_page("Unsubscribe", "<p>Stop receiving marketing email from this store?</p>"
                               f'<form method="post" action="{action}">'
-                              '<button type="submit" name="confirm" value="yes">Unsubscribe</button></form>'),
-                        headers=NO_STORE)
+                              '<button type="submit" name="confirm" value="yes">Unsubscribe</button></form>'
+                              + manage), headers=NO_STORE)
 
 
 @router.post("/u/{token}", response_class=HTMLResponse)
@@ -85,11 +86,27 @@ async def unsubscribe(token: str, request: Request, c: ContainerDep) -> HTMLResp
                                         source="one-click" if one_click else "unsubscribe-page")
     if not await run_in_threadpool(work):
         raise NotFound("this message is no longer known; write to the store to unsubscribe")
+    manage = await run_in_threadpool(_preferences_link, c, link.message_id)
     return HTMLResponse(_page("Unsubscribed", "<p>You are unsubscribed: you will not receive marketing email "
-                              "from this store any more.</p>"), headers=NO_STORE)
+                              "from this store any more.</p>" + manage), headers=NO_STORE)
 
 
 def _page(title: str, body: str) -> str:
     return (f"<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" "
             f"content=\"width=device-width\"><title>{title}</title></head><body style=\"font-family:sans-serif;"
             f"max-width:32em;margin:3em auto\"><h1>{title}</h1>{body}</body></html>")
+
+
+def _preferences_link(c: Container, message_id: str) -> str:
+    """A link to the recipient's preference centre (every channel and store), when the message has a
+    contact; "" otherwise, and on any failure (the unsubscribe itself must never fail for it)."""
+    try:
+        with c.engine.begin() as conn:
+            contact_id = preferences.contact_of_message(conn, message_id)
+    except Exception:
+        log.exception("preferences_link_failed", message_id=message_id)
+        return ""
+    if contact_id is None:
+        return ""
+    url = c.consent_links.preferences_url(contact_id, c.clock.now())
+    return f'<p><a href="{html.escape(url, quote=True)}">Manage all your preferences</a></p>'
