@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, select
+from sqlalchemy import Connection, Table, any_, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 _Compiled = tuple[str, tuple[str, ...], tuple[Callable[[Any], Any] | None, ...], bool]
@@ -108,28 +108,36 @@ def select_in(conn: Connection, table: Table, columns: Sequence[str], equal: Map
               values: Sequence[Any]) -> list[tuple[Any, ...]]:
     """SELECT columns FROM table WHERE <each of equal> AND in_column IN (values), as plain tuples.
 
-    A hot-path lookup (identity resolution) without building and compiling a SQLAlchemy statement
-    per call: the statement is compiled once per shape and IN-list length (padded up by repeating
-    a value, which matches nothing new). For columns whose values need no result processing
-    (strings, integers); `values` must fit the largest IN size."""
+    A hot-path lookup (identity resolution, suppressions) without building and compiling a
+    SQLAlchemy statement per call: the statement is compiled once per shape. SQLite gets an IN list
+    padded up to one of a few lengths (by repeating a value, which matches nothing new);
+    PostgreSQL one array parameter (`= ANY(...)`: a short statement psycopg parses once, however
+    many values). For columns whose values need no result processing (strings, integers);
+    `values` must fit the largest IN size."""
     if not values:
         return []
     size = next((n for n in _IN_SIZES if n >= len(values)), None)
     if size is None:
         raise ValueError(f"select_in takes at most {_IN_SIZES[-1]} values, not {len(values)}")
+    array = conn.dialect.name == "postgresql"
     names = tuple(equal)
-    key = (table.name, conn.dialect.name, tuple(columns), names, in_column, size)
+    key = (table.name, conn.dialect.name, tuple(columns), names, in_column, 0 if array else size)
     hit = _lookups.get(key)
     if hit is None:
+        column = table.c[in_column]
+        membership = (column == any_(bindparam("in_values", type_=postgresql.ARRAY(column.type))) if array
+                      else column.in_([bindparam(f"in_{i}") for i in range(size)]))
         statement = select(*(table.c[c] for c in columns)).where(
-            *(table.c[n] == bindparam(f"eq_{n}") for n in names),
-            table.c[in_column].in_([bindparam(f"in_{i}") for i in range(size)]))
+            *(table.c[n] == bindparam(f"eq_{n}") for n in names), membership)
         compiled = statement.compile(dialect=conn.dialect)
         order = tuple(compiled.positiontup or ()) if compiled.positional else tuple(compiled.params)
         hit = _lookups[key] = (str(compiled), order, bool(compiled.positional))
     sql, order, positional = hit
-    given = {f"eq_{n}": v for n, v in equal.items()}
-    given.update((f"in_{i}", v) for i, v in enumerate(values))
-    given.update((f"in_{i}", values[0]) for i in range(len(values), size))
+    given: dict[str, Any] = {f"eq_{n}": v for n, v in equal.items()}
+    if array:
+        given["in_values"] = list(values)
+    else:
+        given.update((f"in_{i}", v) for i, v in enumerate(values))
+        given.update((f"in_{i}", values[0]) for i in range(len(values), size))
     params: Any = tuple(given[name] for name in order) if positional else {name: given[name] for name in order}
     return [tuple(row) for row in conn.exec_driver_sql(sql, params)]

@@ -214,18 +214,22 @@ def settings_json(settings: PolicySettings) -> dict[str, Any]:
 # -- the preloaded context ---------------------------------------------------------------------------
 
 ConsentKey = tuple[str, str, str, str | None]  # (contact, channel, purpose, store)
+# (recorded at, state). "Recorded at" is only compared with other entries of the same context (the
+# later of a store's and the workspace-wide record applies), so a loader may give the database's
+# own sortable form (SQLite's UTC text) instead of building a datetime per row.
+ConsentEntry = tuple[Any, str]
 
 
 @dataclass(slots=True)
 class PolicyContext:
-    """Everything `decide` reads, loaded for a whole batch by pipeline/policy.py.
+    """Everything `decide` reads, loaded for a whole batch by services/policy.py.
 
-    consents: latest (recorded_at, state) per key; suppressed: (channel, address) -> reason;
+    consents: latest ConsentEntry per key; suppressed: (channel, address) -> reason;
     sends: per contact, (sent_at, channel) of its marketing messages within the longest cap window;
     domains: sending domain -> status; balance_minor: None when the workspace is not metered."""
 
     settings: PolicySettings
-    consents: dict[ConsentKey, tuple[datetime, str]] = field(default_factory=dict)
+    consents: dict[ConsentKey, ConsentEntry] = field(default_factory=dict)
     suppressed: dict[tuple[str, str], str] = field(default_factory=dict)
     sends: dict[str, list[tuple[datetime, str]]] = field(default_factory=dict)
     recipients: dict[str, Recipient] = field(default_factory=dict)

@@ -26,6 +26,7 @@ Variables (the seller-facing contract; see SAMPLE_VARIABLES for an example of ea
         order.tracking {company, number, url}
     checkout.recovery_url, checkout.lines (as order.lines), checkout.total
     unsubscribe_url (the recipient's one-click unsubscribe page; empty in transactional email)
+    preferences_url (the contact's hosted preference centre; empty when no contact is known)
 Amounts are `Amount`s: decimal strings as stores send them ("59.90"), printed as given, that
 compare as numbers (`{% if order.total > 50 %}`) and work with the math filters. Values must be
 plain data (mappings, sequences, strings, numbers, booleans, None): Liquid reads items, never
@@ -1072,4 +1073,5 @@ SAMPLE_VARIABLES: Final[Mapping[str, object]] = {
         "total": Amount("64.00"),
     },
     "unsubscribe_url": "https://herald.example.com/t/u/sample",
+    "preferences_url": "https://herald.example.com/p/sample",
 }

@@ -25,7 +25,7 @@ from typing import Any, Final
 
 from sqlalchemy import Connection, Engine, delete, select
 
-from herald.db.bulk import insert_many
+from herald.db.bulk import insert_many, select_in
 from herald.db.tables import suppressions
 from herald.domain import contacts as rules
 from herald.domain.contacts import InvalidValue
@@ -44,7 +44,8 @@ IMPORT_COLUMNS: Final = ("channel", "address", "reason", "detail")
 IGNORED_COLUMNS: Final = ("source", "created_at")  # written by export; an import sets its own
 MAX_DETAIL = 2000
 MAX_ERRORS = 1000  # per-row errors kept in an import report (all are counted)
-BATCH = 1000  # rows per insert; tombstone lookups double the IN list, still far below bind limits
+BATCH = 1000  # rows per insert
+LOOKUP_CHUNK = 2048  # addresses (and tombstones) per reasons_for query: db/bulk.select_in's largest IN list
 _TOMBSTONE = re.compile(r"^hmac:[0-9a-f]{64}$")
 _FORMULA_START = ("=", "-", "@", "\t", "\r")
 
@@ -85,17 +86,25 @@ def reasons_for(conn: Connection, workspace_id: str, channel: str, addresses: It
     one query per chunk covers both forms. When both forms are listed, `erased` wins."""
     wanted = sorted({normalise(channel, a) for a in addresses})
     found: dict[str, str] = {}
-    s = suppressions.c
-    for start in range(0, len(wanted), BATCH):
-        forms = {a: a for a in wanted[start:start + BATCH]}
+    scope = {"workspace_id": workspace_id, "channel": channel}
+    if tombstone_key is not None and wanted and not has_tombstones(conn, workspace_id, channel):
+        tombstone_key = None  # no erasures on this channel: no HMAC per address
+    step = LOOKUP_CHUNK // 2 if tombstone_key is not None else LOOKUP_CHUNK
+    for start in range(0, len(wanted), step):
+        forms = {a: a for a in wanted[start:start + step]}
         if tombstone_key is not None:
             forms.update({tombstone(tombstone_key, channel, a): a for a in list(forms)})
-        query = select(s.address, s.reason).where(s.workspace_id == workspace_id, s.channel == channel,
-                                                    s.address.in_(list(forms)))
-        for r in conn.execute(query):
-            plain = forms[r.address]
-            found[plain] = _stronger(found.get(plain), r.reason)
+        for address, reason in select_in(conn, suppressions, ("address", "reason"), scope, "address", list(forms)):
+            plain = forms[address]
+            found[plain] = _stronger(found.get(plain), reason)
     return found
+
+
+def has_tombstones(conn: Connection, workspace_id: str, channel: str) -> bool:
+    """Whether any erased address's tombstone is on the channel's list (an index range probe)."""
+    s = suppressions.c
+    return conn.execute(select(s.id).where(s.workspace_id == workspace_id, s.channel == channel,
+                                           s.address >= "hmac:", s.address < "hmac;").limit(1)).first() is not None
 
 
 def _stronger(current: str | None, reason: str) -> str:
