@@ -20,7 +20,6 @@ expired (`ExpiredToken`), anything else is a `BadToken`. `previous_keys` still v
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 import re
 from collections.abc import Sequence
@@ -28,21 +27,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
+from herald.pipeline.tracking import MAC_BYTES, BadToken, decode_token, mac
+
 CONFIRMATION_TTL: Final = timedelta(days=7)
 PREFERENCES_TTL: Final = timedelta(days=180)   # links in mail read months later keep working
 
 _VERSION: Final = 1
-_MAC_BYTES: Final = 16
 _MAX_FIELD_BYTES: Final = 255          # one length byte
 _MAX_TOKEN_CHARS: Final = 2_000
 _CONFIRM: Final = b"c"
 _PREFERENCES: Final = b"p"
-_TOKEN_ALPHABET = re.compile(r"[A-Za-z0-9_-]+")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-class BadToken(ValueError):
-    """A token we did not sign with this key (tampered, truncated, malformed, another kind)."""
 
 
 class ExpiredToken(BadToken):
@@ -121,13 +116,13 @@ class ConsentLinks:
             if len(raw) > _MAX_FIELD_BYTES:
                 raise ValueError(f"a consent link field is longer than {_MAX_FIELD_BYTES} bytes")
             payload += bytes((len(raw),)) + raw
-        sealed = bytes(payload) + _mac(self._key, bytes(payload))
+        sealed = bytes(payload) + mac(self._key, bytes(payload))
         return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode("ascii")
 
     def _open(self, token: str, kind: bytes, now: datetime, *, count: int) -> tuple[datetime, list[str]]:
-        raw = _decode(token)
-        payload, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
-        if not any(hmac.compare_digest(mac, _mac(key, payload)) for key in self._verify_keys):
+        raw = decode_token(token, max_chars=_MAX_TOKEN_CHARS, min_payload=10)
+        payload, given = raw[:-MAC_BYTES], raw[-MAC_BYTES:]
+        if not any(hmac.compare_digest(given, mac(key, payload)) for key in self._verify_keys):
             raise BadToken("signature mismatch")
         if payload[0] != _VERSION or payload[1:2] != kind:
             raise BadToken("unknown token version or kind")
@@ -138,25 +133,6 @@ class ConsentLinks:
         if now >= expires_at:
             raise ExpiredToken("this link has expired")
         return expires_at, fields
-
-
-def _mac(key: bytes, payload: bytes) -> bytes:
-    return hmac.digest(key, payload, "sha256")[:_MAC_BYTES]
-
-
-def _decode(token: str) -> bytes:
-    """Strict url-safe base64 without padding: one spelling per token, nothing ignored."""
-    if len(token) > _MAX_TOKEN_CHARS or not _TOKEN_ALPHABET.fullmatch(token) or len(token) % 4 == 1:
-        raise BadToken("malformed token")
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-    except (binascii.Error, ValueError) as err:
-        raise BadToken("malformed token") from err
-    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != token:
-        raise BadToken("non-canonical token")
-    if len(raw) < 10 + _MAC_BYTES:
-        raise BadToken("token too short")
-    return raw
 
 
 def _fields(data: bytes) -> list[str]:

@@ -30,7 +30,7 @@ from typing import Literal
 TrackedKind = Literal["click", "open", "unsubscribe"]
 
 _VERSION = 1
-_MAC_BYTES = 16                # truncated HMAC-SHA256: 128 bits
+MAC_BYTES = 16                 # truncated HMAC-SHA256: 128 bits
 _MAX_MESSAGE_ID_BYTES = 255    # one length byte
 _MAX_TARGET_BYTES = 8_000      # longer links stay untracked (rewrite_links leaves them as they are)
 _MAX_TOKEN_CHARS = 12_000
@@ -117,9 +117,9 @@ class TrackingLinks:
         return self._verify_kind(token, expected=kind)
 
     def _verify_kind(self, token: str, expected: TrackedKind | None) -> TrackedLink:
-        raw = _decode_token(token)
-        payload, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
-        if not any(hmac.compare_digest(mac, _mac(key, payload)) for key in self._verify_keys):
+        raw = decode_token(token)
+        payload, given = raw[:-MAC_BYTES], raw[-MAC_BYTES:]
+        if not any(hmac.compare_digest(given, mac(key, payload)) for key in self._verify_keys):
             raise BadToken("signature mismatch")
         link = _parse_payload(payload)
         if expected is not None and link.kind != expected:
@@ -133,7 +133,7 @@ class TrackingLinks:
         """The token: payload and its MAC, url-safe base64 without padding."""
         mac = self._keyed_mac.copy()
         mac.update(payload)
-        encoded = binascii.b2a_base64(payload + mac.digest()[:_MAC_BYTES], newline=False)
+        encoded = binascii.b2a_base64(payload + mac.digest()[:MAC_BYTES], newline=False)
         return encoded.translate(_URLSAFE).rstrip(b"=").decode("ascii")
 
 
@@ -148,13 +148,15 @@ def _payload_head(kind: TrackedKind, message_id: str) -> bytes:
 _URLSAFE = bytes.maketrans(b"+/", b"-_")   # what base64.urlsafe_b64encode does, without its two wrappers
 
 
-def _mac(key: bytes, payload: bytes) -> bytes:
-    return hmac.digest(key, payload, "sha256")[:_MAC_BYTES]
+def mac(key: bytes, payload: bytes) -> bytes:
+    """The truncated HMAC-SHA256 that seals Herald's signed tokens (here and pipeline/consent_links.py)."""
+    return hmac.digest(key, payload, "sha256")[:MAC_BYTES]
 
 
-def _decode_token(token: str) -> bytes:
-    """Strict url-safe base64 without padding: one spelling per token, nothing ignored."""
-    if len(token) > _MAX_TOKEN_CHARS or not _TOKEN_ALPHABET.fullmatch(token) or len(token) % 4 == 1:
+def decode_token(token: str, *, max_chars: int = _MAX_TOKEN_CHARS, min_payload: int = 4) -> bytes:
+    """Strict url-safe base64 without padding: one spelling per token, nothing ignored. Returns
+    payload + MAC (at least `min_payload` payload bytes); raises BadToken."""
+    if len(token) > max_chars or not _TOKEN_ALPHABET.fullmatch(token) or len(token) % 4 == 1:
         raise BadToken("malformed token")
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
@@ -162,7 +164,7 @@ def _decode_token(token: str) -> bytes:
         raise BadToken("malformed token") from err
     if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != token:
         raise BadToken("non-canonical token")   # stray bits in the last character
-    if len(raw) < 3 + 1 + _MAC_BYTES:
+    if len(raw) < min_payload + MAC_BYTES:
         raise BadToken("token too short")
     return raw
 

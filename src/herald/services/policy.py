@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, func, select
 
-from herald.db.tables import message_events, messages, sending_domains, workspaces
-from herald.domain.errors import InvalidInput, NotFound
+from herald.db.tables import message_events, messages, sending_domains
+from herald.domain.errors import InvalidInput
 from herald.domain.policy import (
     REFUSALS,
     ConsentEntry,
@@ -37,7 +37,7 @@ from herald.domain.policy import (
     parse_settings,
     settings_json,
 )
-from herald.services import suppressions
+from herald.services import suppressions, workspaces
 
 CHUNK: Final = 1000
 SETTINGS_KEY: Final = "policy"
@@ -201,7 +201,7 @@ def _db_time(conn: Connection, at: datetime) -> Any:
 # -- settings ---------------------------------------------------------------------------------------
 
 def get_settings(conn: Connection, workspace_id: str) -> PolicySettings:
-    raw = _workspace_settings(conn, workspace_id).get(SETTINGS_KEY)
+    raw = workspaces.settings_of(conn, workspace_id).get(SETTINGS_KEY)
     try:
         return parse_settings(raw)
     except SettingsInvalid as exc:  # stored settings were validated; this means a hand edit
@@ -216,20 +216,8 @@ def put_settings(conn: Connection, workspace_id: str, raw: Any) -> PolicySetting
         settings = parse_settings(raw)
     except SettingsInvalid as exc:
         raise InvalidInput.on(exc.field, exc.why) from None
-    current = _workspace_settings(conn, workspace_id, for_update=True)
-    current[SETTINGS_KEY] = settings_json(settings)
-    conn.execute(update(workspaces).where(workspaces.c.id == workspace_id).values(settings=current))
+    workspaces.set_setting(conn, workspace_id, SETTINGS_KEY, settings_json(settings))
     return settings
-
-
-def _workspace_settings(conn: Connection, workspace_id: str, *, for_update: bool = False) -> dict[str, Any]:
-    query = select(workspaces.c.settings).where(workspaces.c.id == workspace_id)
-    if for_update and conn.dialect.name == "postgresql":
-        query = query.with_for_update()
-    row = conn.execute(query).first()
-    if row is None:
-        raise NotFound(f"no workspace {workspace_id!r}")
-    return dict(row[0] or {})
 
 
 # -- reports ----------------------------------------------------------------------------------------

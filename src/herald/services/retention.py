@@ -27,11 +27,12 @@ from pathlib import Path
 from typing import Any, Final
 
 import structlog
-from sqlalchemy import ColumnElement, Connection, Engine, Table, and_, delete, func, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, Table, and_, delete, func, select
 
 from herald.db.tables import checkouts, events, import_errors, imports, message_events, messages, webhook_deliveries
 from herald.db.tables import workspaces as workspaces_table
-from herald.domain.errors import FieldProblem, InvalidInput, NotFound
+from herald.domain.errors import FieldProblem, InvalidInput
+from herald.services import workspaces
 
 log = structlog.get_logger(__name__)
 
@@ -79,7 +80,7 @@ def effective(stored: Any) -> dict[str, int]:
 
 def get_settings(conn: Connection, workspace_id: str) -> dict[str, Any]:
     """{"retention_days": the limits in force, "overrides": what the workspace set, "defaults": ...}."""
-    stored = _settings(conn, workspace_id, lock=False).get(SETTINGS_KEY) or {}
+    stored = workspaces.settings_of(conn, workspace_id).get(SETTINGS_KEY) or {}
     return {SETTINGS_KEY: effective(stored), "overrides": dict(stored) if isinstance(stored, Mapping) else {},
             "defaults": dict(DEFAULTS)}
 
@@ -87,20 +88,8 @@ def get_settings(conn: Connection, workspace_id: str) -> dict[str, Any]:
 def set_settings(conn: Connection, workspace_id: str, retention_days: Any) -> dict[str, Any]:
     """Replace the workspace's overrides (kinds left out use the default); other settings keys stay."""
     overrides = validate(retention_days)
-    current = _settings(conn, workspace_id, lock=True)
-    conn.execute(update(workspaces_table).where(workspaces_table.c.id == workspace_id)
-                 .values(settings={**current, SETTINGS_KEY: overrides}))
+    workspaces.set_setting(conn, workspace_id, SETTINGS_KEY, overrides)
     return get_settings(conn, workspace_id)
-
-
-def _settings(conn: Connection, workspace_id: str, *, lock: bool) -> dict[str, Any]:
-    query = select(workspaces_table.c.settings).where(workspaces_table.c.id == workspace_id)
-    if lock and conn.dialect.name == "postgresql":
-        query = query.with_for_update()
-    row = conn.execute(query).first()
-    if row is None:
-        raise NotFound(f"no workspace {workspace_id!r}")
-    return dict(row.settings or {})
 
 
 # ---- what ages out -----------------------------------------------------------------------------------

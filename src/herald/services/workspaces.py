@@ -6,7 +6,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, select, update
 
 from herald.db.tables import stores, workspaces
 from herald.domain.auth import Principal
@@ -67,3 +67,27 @@ def get_store(conn: Connection, who: Principal, store_id: str) -> dict[str, Any]
 
 def list_stores(conn: Connection, who: Principal, *, limit: int, cursor: str | None) -> Page[dict[str, Any]]:
     return keyset_page(conn, _visible_stores(who), limit=limit, cursor=cursor)
+
+
+def settings_of(conn: Connection, workspace_id: str) -> dict[str, Any]:
+    """The workspace's settings JSON. Each area owns one key of it ("policy", "retention_days",
+    "sms_keywords"); write a key with set_setting, never the whole object."""
+    return _settings_row(conn, workspace_id, lock=False)
+
+
+def set_setting(conn: Connection, workspace_id: str, key: str, value: Any) -> None:
+    """Replace one key of the workspace's settings, leaving the others as they are (the row is
+    locked on PostgreSQL so concurrent writers of other keys don't lose each other's change)."""
+    current = _settings_row(conn, workspace_id, lock=True)
+    current[key] = value
+    conn.execute(update(workspaces).where(workspaces.c.id == workspace_id).values(settings=current))
+
+
+def _settings_row(conn: Connection, workspace_id: str, *, lock: bool) -> dict[str, Any]:
+    query = select(workspaces.c.settings).where(workspaces.c.id == workspace_id)
+    if lock and conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    row = conn.execute(query).first()
+    if row is None:
+        raise NotFound(f"no workspace {workspace_id!r}")
+    return dict(row[0] or {})
