@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from herald.pipeline.tracking import MAC_BYTES, BadToken, decode_token, mac
+from herald.pipeline.tracking import MAC_BYTES, decode_token, mac
+from herald.pipeline.tracking import BadToken as BadToken  # re-exported: the pages catch it from here
 
 CONFIRMATION_TTL: Final = timedelta(days=7)
 PREFERENCES_TTL: Final = timedelta(days=180)   # links in mail read months later keep working
