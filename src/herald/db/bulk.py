@@ -101,7 +101,7 @@ def _key(value: Any) -> Any:
 
 _Lookup = tuple[str, tuple[str, ...], bool]
 _lookups: dict[tuple[str, str, tuple[str, ...], tuple[str, ...], str, int], _Lookup] = {}
-_IN_SIZES = (8, 32, 128, 512, 2048)  # IN lists are padded to one of these lengths: few statements to compile
+_IN_SIZES = (8, 32, 128, 512, 1024, 2048)  # IN lists are padded to one of these lengths: few statements to compile
 
 
 def select_in(conn: Connection, table: Table, columns: Sequence[str], equal: Mapping[str, Any], in_column: str,

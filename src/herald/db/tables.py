@@ -573,6 +573,43 @@ erasures = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Index("ix_erasures_workspace", "workspace_id", "id"),
 )
+# Push targets of a contact (issue 6): a Web Push subscription (token = endpoint URL, keys =
+# p256dh/auth), an FCM registration token or an APNs device token. A provider's "this token is
+# gone" retires it (retired_at, retired_reason); retired tokens are never sent to again.
+push_subscriptions = Table(
+    "push_subscriptions",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    _ws(),
+    Column("contact_id", String(ID), ForeignKey("contacts.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("token", String(2000), nullable=False),
+    Column("keys", Json, nullable=False, server_default=text("'{}'")),
+    Column("user_agent", String(512), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("last_used_at", UTCDateTime, nullable=True),
+    Column("retired_at", UTCDateTime, nullable=True),
+    Column("retired_reason", String(64), nullable=True),
+    UniqueConstraint("workspace_id", "kind", "token", name="uq_push_subscriptions_token"),
+    CheckConstraint("kind IN ('webpush','fcm','apns')", name="kind"),
+    Index("ix_push_subscriptions_contact", "contact_id", "kind"),
+)
+# The in-site inbox (issue 6): what a contact sees on the store's site, newest first.
+inbox_items = Table(
+    "inbox_items",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    _ws(),
+    Column("store_id", String(ID), ForeignKey("stores.id", ondelete="CASCADE"), nullable=True),
+    Column("contact_id", String(ID), ForeignKey("contacts.id", ondelete="CASCADE"), nullable=False),
+    Column("message_id", String(ID), ForeignKey("messages.id", ondelete="SET NULL"), nullable=True, unique=True),
+    Column("title", String(500), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("url", String(2000), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("read_at", UTCDateTime, nullable=True),
+    Index("ix_inbox_items_contact", "contact_id", "id"),
+)
 message_events = Table(
     "message_events",
     metadata,

@@ -84,6 +84,48 @@ class EmailContent:
 
 
 @dataclass(frozen=True, slots=True)
+class SmsContent:
+    """A rendered SMS. `sender`: an E.164 number, a short code or an alphanumeric sender id; None
+    lets the provider choose (e.g. a Twilio Messaging Service). Segments are counted by
+    domain/sms.py, never here."""
+
+    text: str
+    sender: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WhatsAppContent:
+    """A WhatsApp message: an approved template (name, language, body parameters in order) or,
+    inside the 24-hour window, a session message (text, or media by URL with a caption)."""
+
+    template_name: str | None = None
+    template_language: str | None = None
+    template_parameters: tuple[str, ...] = ()
+    text: str | None = None
+    media_type: Literal["image", "document", "video", "audio"] | None = None
+    media_url: str | None = None
+    caption: str | None = None
+
+    @property
+    def is_template(self) -> bool:
+        return self.template_name is not None
+
+
+@dataclass(frozen=True, slots=True)
+class PushContent:
+    """A push notification. The target is OutboundMessage.to (an FCM/APNs device token or a Web
+    Push endpoint URL) and, for Web Push, the subscription's keys in `keys` (p256dh, auth)."""
+
+    title: str
+    body: str
+    url: str | None = None
+    icon: str | None = None
+    data: Mapping[str, str] = field(default_factory=dict)
+    keys: Mapping[str, str] = field(default_factory=dict)
+    ttl_seconds: int = 86400
+
+
+@dataclass(frozen=True, slots=True)
 class DkimKey:
     """The key an email is DKIM-signed with (d=domain, s=selector), from the sending domain."""
 
@@ -106,6 +148,9 @@ class OutboundMessage:
     purpose: Purpose
     to: str                    # email address, E.164 phone, device token, contact id
     email: EmailContent | None = None
+    sms: SmsContent | None = None
+    whatsapp: WhatsAppContent | None = None
+    push: PushContent | None = None
     sending_domain: str | None = None   # email: the domain of Message-ID and the DKIM d=
     metadata: Mapping[str, str] = field(default_factory=dict)  # "return_path": the envelope sender
     dkim: DkimKey | None = None         # email: sign with this key (SMTP; ESPs sign themselves)
@@ -172,6 +217,21 @@ class DeliveryEvent:
     detail: str = ""                         # diagnostic text
     url: str | None = None                   # for clicked
     raw: Mapping[str, Any] = field(default_factory=dict)  # the provider's own record, kept
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """A message a contact sent us (an SMS, a WhatsApp message), parsed from a provider's
+    verified webhook. Feeds SMS keywords (STOP/HELP/START) and the WhatsApp 24-hour window."""
+
+    channel: Channel
+    provider: str
+    sender: str                   # E.164
+    recipient: str | None         # our number / phone number id
+    text: str
+    provider_message_id: str | None
+    received_at: datetime | None
+    raw: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -118,6 +118,10 @@ class PolicySettings:
     def longest_cap(self) -> timedelta:
         return max((cap.window for cap in self.frequency_caps), default=timedelta(0))
 
+    @property
+    def smallest_limit(self) -> int:
+        return min((cap.limit for cap in self.frequency_caps), default=0)
+
 
 DEFAULT_SETTINGS_JSON: Final[Mapping[str, Any]] = {
     "frequency_caps": [{"channel": "*", "limit": 3, "hours": 24}, {"channel": "*", "limit": 10, "hours": 168}],
@@ -341,8 +345,8 @@ def check_frequency(request: SendRequest, ctx: PolicyContext, now: datetime) -> 
     if request.purpose != "marketing" or request.contact_id is None or not ctx.settings.frequency_caps:
         return None
     sent = ctx.sends.get(request.contact_id)
-    if not sent:
-        return None
+    if not sent or len(sent) < ctx.settings.smallest_limit:
+        return None  # fewer sends in the longest window than any cap allows: no cap can be reached
     for cap in ctx.settings.frequency_caps:
         anywhere = cap.channel == "*"
         if not anywhere and cap.channel != request.channel:

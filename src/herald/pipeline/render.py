@@ -443,6 +443,32 @@ def _render(field: str, template: BoundTemplate, variables: Mapping[str, object]
         raise RenderError(field, f"{type(err).__name__}: {err}") from err
 
 
+# -- plain-text channels: SMS, push, inbox, WhatsApp parameters --------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class CompiledText:
+    """Named Liquid fields of a text-channel template (e.g. {"body"}, {"title", "body", "url"},
+    or WhatsApp's {"parameters.0", "parameters.1", ...}), compiled, not HTML-escaped."""
+
+    fields: Mapping[str, BoundTemplate]
+    referenced: frozenset[str]
+
+
+def compile_text(sources: Mapping[str, str]) -> CompiledText:
+    """Compile each field; raises TemplateError with the field, line and reason."""
+    parsed: dict[str, BoundTemplate] = {}
+    for field_name, source in sources.items():
+        if len(source) > MAX_SOURCE_CHARS:
+            raise TemplateError(field_name, None, f"is longer than {MAX_SOURCE_CHARS} characters")
+        parsed[field_name] = _parse(field_name, source, html=False)
+    return CompiledText(parsed, _referenced(list(parsed.values())))
+
+
+def render_text(compiled: CompiledText, variables: Mapping[str, object]) -> dict[str, str]:
+    """Render every field for one recipient (whitespace at the ends trimmed); raises RenderError."""
+    return {name: _render(name, template, variables).strip() for name, template in compiled.fields.items()}
+
+
 # -- validation ---------------------------------------------------------------------------------
 
 def _check_source(source: EmailTemplateSource) -> None:

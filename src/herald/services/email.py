@@ -153,18 +153,18 @@ def _prepare(conn: Connection, service: EmailService, message_id: str) -> Prepar
     refusal = _refusal(m, store, domain_row, decision)
     if refusal is not None:
         status, reason, detail = refusal
-        _settle(conn, m, status=status, reason=reason, detail={"refusal": detail}, now=now)
+        settle(conn, m, status=status, reason=reason, detail={"refusal": detail}, now=now)
         return None
     assert store is not None and domain_row is not None
     provider_list = provider_rows.for_channel(conn, m["workspace_id"], "email")
     if not provider_list:
-        _settle(conn, m, status="failed", reason="no_provider",
+        settle(conn, m, status="failed", reason="no_provider",
                 detail={"refusal": "no email provider is configured: `herald providers add`"}, now=now)
         return None
     try:
         outbound, language, subject = _render(conn, service, m, store, domain_row)
     except render.RenderError as exc:
-        _settle(conn, m, status="failed", reason=FailureReason.CONTENT_REJECTED.value,
+        settle(conn, m, status="failed", reason=FailureReason.CONTENT_REJECTED.value,
                 detail={"refusal": f"the template did not render: {exc}"}, now=now)
         return None
     conn.execute(update(messages).where(messages.c.id == message_id).values(
@@ -200,7 +200,7 @@ def defer(conn: Connection, m: Mapping[str, Any], decision: Decision, *, now: da
     assert decision.until is not None and decision.code is not None
     conn.execute(update(messages).where(messages.c.id == m["id"]).values(
         status="queued", status_reason=decision.code, updated_at=now))
-    _event(conn, m, "deferred", decision.code, {"until": decision.until.isoformat(), "why": decision.detail}, now)
+    record_event(conn, m, "deferred", decision.code, {"until": decision.until.isoformat(), "why": decision.detail}, now)
     jobs_db.enqueue(conn, JOB_KIND, {"message_id": m["id"]}, now=now, due_at=decision.until,
                     max_attempts=MAX_ATTEMPTS, unique_key=f"{JOB_KIND}:{m['id']}:{decision.until:%Y%m%dT%H%M}",
                     workspace_id=m["workspace_id"])
@@ -320,23 +320,23 @@ def _record(conn: Connection, message_id: str, provider_row: Mapping[str, Any], 
         conn.execute(update(messages).where(messages.c.id == message_id).values(
             status="sent", status_reason=None, provider=provider_row["kind"],
             provider_message_id=result.provider_message_id, sent_at=now, updated_at=now))
-        _event(conn, m, "sent", None, detail, now)
+        record_event(conn, m, "sent", None, detail, now)
         return None
     reason = (result.reason or FailureReason.UNKNOWN).value
     if result.status == "failed":
-        _settle(conn, m, status="failed", reason=reason, detail=detail, now=now)
+        settle(conn, m, status="failed", reason=reason, detail=detail, now=now)
         if result.reason in ADDRESS_FAILURES:
             suppressions.suppress(conn, m["workspace_id"], "email", m["to_address"], "hard_bounce",
                                   source=f"smtp:{provider_row['kind']}", now=now, message_id=message_id,
                                   detail=result.detail or None)
         return None
     if last:
-        _settle(conn, m, status="expired", reason=reason, detail=detail, now=now)
+        settle(conn, m, status="expired", reason=reason, detail=detail, now=now)
         return None
     detail["maybe_sent"] = result.maybe_sent
     conn.execute(update(messages).where(messages.c.id == message_id).values(
         status="queued", status_reason=reason, updated_at=now))
-    _event(conn, m, "deferred", reason, detail, now)
+    record_event(conn, m, "deferred", reason, detail, now)
     return Retry(result.retry_after if result.retry_after else backoff(attempt), f"{reason}: {result.detail}"[:500])
 
 
@@ -345,14 +345,14 @@ def backoff(attempt: int) -> float:
     return float(min(30 * 2 ** (attempt - 1), 3600))
 
 
-def _settle(conn: Connection, m: Mapping[str, Any], *, status: str, reason: str, detail: Mapping[str, Any],
+def settle(conn: Connection, m: Mapping[str, Any], *, status: str, reason: str, detail: Mapping[str, Any],
             now: datetime) -> None:
     conn.execute(update(messages).where(messages.c.id == m["id"]).values(status=status, status_reason=reason[:64],
                                                                           updated_at=now))
-    _event(conn, m, status, reason, detail, now)
+    record_event(conn, m, status, reason, detail, now)
 
 
-def _event(conn: Connection, m: Mapping[str, Any], status: str, reason: str | None, detail: Mapping[str, Any],
+def record_event(conn: Connection, m: Mapping[str, Any], status: str, reason: str | None, detail: Mapping[str, Any],
            now: datetime) -> None:
     conn.execute(message_events.insert().values(workspace_id=m["workspace_id"], message_id=m["id"], status=status,
                                                 reason=reason[:64] if reason else None, detail=dict(detail),
