@@ -1,0 +1,1 @@
+"""WhatsApp providers: the WhatsApp Business Cloud API (cloud.py)."""
