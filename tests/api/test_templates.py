@@ -104,3 +104,126 @@ def test_store_sender_settings(client: TestClient, world: World) -> None:
                        json={"email_from": "not an address"})
     assert bad.status_code == 422 and "email_from" in bad.text
     assert client.get(f"/api/v1/stores/{store}/sender", headers=world.callers["B"].headers).status_code == 404
+
+
+# ---- SMS, WhatsApp, push and inbox (issue 6) ------------------------------------------------------
+
+def _post(client: TestClient, world: World, body: dict[str, object]) -> tuple[int, dict[str, object]]:
+    response = client.post("/api/v1/templates", json=body, headers=world.callers["A"].headers)
+    return response.status_code, dict(response.json())
+
+
+def _preview(client: TestClient, world: World, template_id: object, **body: object) -> dict[str, object]:
+    response = client.post(f"/api/v1/templates/{template_id}/preview", json=body, headers=world.callers["A"].headers)
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def _errors(problem: dict[str, object]) -> dict[str, str]:
+    return {e["field"]: e["reason"] for e in problem["errors"]}  # type: ignore[attr-defined]
+
+
+def test_sms_template_create_update_and_preview_with_segments(client: TestClient, world: World) -> None:
+    status, created = _post(client, world, {
+        "name": "shipped-sms", "channel": "sms", "purpose": "transactional",
+        "variants": {"en": {"body": "Hi {{ contact.first_name }}, order {{ order.name }} shipped: "
+                                    "{{ order.tracking.url }}"}}})
+    assert status == 201, created
+    assert created["channel"] == "sms" and created["category"] is None and created["approval_status"] is None
+    assert created["variants"] == {"en": {"body": "Hi {{ contact.first_name }}, order {{ order.name }} shipped: "
+                                                 "{{ order.tracking.url }}"}}
+    shown = _preview(client, world, created["id"])
+    body = shown["fields"]["body"]  # type: ignore[index]
+    assert body.startswith("Hi Ana, order #1001 shipped: https://www.ctt.pt/")
+    assert shown["subject"] is None and shown["html"] is None
+    assert shown["sms"] == {"encoding": "GSM-7", "units": len(body), "segments": 1, "per_segment": 160}
+
+    long_gsm = client.patch(f"/api/v1/templates/{created['id']}", headers=world.callers["A"].headers,
+                            json={"variants": {"en": {"body": "x" * 161}}})
+    assert long_gsm.status_code == 200 and long_gsm.json()["version"] == 2
+    assert _preview(client, world, created["id"])["sms"] == {"encoding": "GSM-7", "units": 161, "segments": 2,
+                                                             "per_segment": 153}
+    client.patch(f"/api/v1/templates/{created['id']}", headers=world.callers["A"].headers,
+                 json={"variants": {"en": {"body": "Olá {{ contact.first_name }} 😊 " + "ã" * 62}}})
+    unicode = _preview(client, world, created["id"])["sms"]
+    assert unicode == {"encoding": "UCS-2", "units": 4 + 3 + 1 + 2 + 1 + 62, "segments": 2, "per_segment": 67}
+
+
+def test_push_inbox_and_whatsapp_templates_over_the_api(client: TestClient, world: World) -> None:
+    status, push = _post(client, world, {
+        "name": "push", "channel": "push", "purpose": "marketing",
+        "variants": {"en": {"title": "{{ contact.first_name }}, your cart", "body": "Still there",
+                            "url": "{{ checkout.recovery_url }}", "icon": "https://shop.example.com/icon.png"}}})
+    assert status == 201, push
+    assert _preview(client, world, push["id"])["fields"] == {
+        "title": "Ana, your cart", "body": "Still there", "url": "https://shop.example.com/checkouts/c/8f2a1c/recover",
+        "icon": "https://shop.example.com/icon.png"}
+    status, inbox = _post(client, world, {"name": "inbox", "channel": "inbox", "purpose": "transactional",
+                                          "variants": {"en": {"title": "Order {{ order.name }}", "body": "Thanks"}}})
+    assert status == 201, inbox
+    assert _preview(client, world, inbox["id"], variables={"order": {"name": "#7"}})["fields"] == {
+        "title": "Order #7", "body": "Thanks"}
+
+    status, meta = _post(client, world, {
+        "name": "order-update", "channel": "whatsapp", "purpose": "transactional", "category": "utility",
+        "variants": {"en": {"template_name": "order_update", "template_language": "en_US",
+                            "parameters": ["{{ contact.first_name }}", "{{ order.name }}"]},
+                     "pt-BR": {"template_name": "order_update", "template_language": "pt_BR",
+                               "parameters": ["{{ contact.first_name }}", "{{ order.name }}"]}}})
+    assert status == 201, meta
+    assert (meta["category"], meta["approval_status"]) == ("utility", "pending")
+    assert meta["variants"]["pt-BR"]["approval_status"] == "pending"  # type: ignore[index]
+    shown = _preview(client, world, meta["id"], language="pt-PT")
+    assert shown["language"] == "pt-BR" and shown["fields"] == {
+        "template_name": "order_update", "template_language": "pt_BR", "parameters": ["Ana", "#1001"]}
+    renamed = client.patch(f"/api/v1/templates/{meta['id']}", headers=world.callers["A"].headers,
+                           json={"default_language": "pt-BR"})
+    assert renamed.status_code == 200, renamed.text
+    assert renamed.json()["variants"]["en"]["approval_status"] == "pending"
+
+    status, session = _post(client, world, {"name": "reply", "channel": "whatsapp", "purpose": "transactional",
+                                            "category": "utility", "variants": {"en": {"body": "Hi {{ x }}"}}})
+    assert status == 201 and session["approval_status"] is None
+    assert _preview(client, world, session["id"], variables={"x": "there"})["fields"] == {"body": "Hi there"}
+
+
+def test_text_channel_refusals_name_the_field_and_line(client: TestClient, world: World) -> None:
+    status, problem = _post(client, world, {"name": "a", "channel": "sms", "purpose": "marketing",
+                                            "variants": {"en": {"body": "Hi", "subject": "no"}}})
+    assert status == 422 and set(_errors(problem)) == {"variants.en.subject"}
+    status, problem = _post(client, world, {"name": "a", "channel": "sms", "purpose": "marketing",
+                                            "variants": {"en": {"body": "Hi\n\n{{ contact.first_name | nope }}"}}})
+    assert status == 422 and "body line 3" in _errors(problem)["variants.en.body"]
+    status, problem = _post(client, world, {"name": "a", "channel": "push", "purpose": "marketing",
+                                            "variants": {"en": {"title": "{% for %}", "body": "b"}}})
+    assert status == 422 and "title line 1" in _errors(problem)["variants.en.title"]
+    status, problem = _post(client, world, {"name": "a", "channel": "whatsapp", "purpose": "marketing",
+                                            "category": "marketing", "variants": {"en": {
+                                                "template_name": "promo", "template_language": "en",
+                                                "parameters": ["{{ a }}", "{% if b %}"]}}})
+    assert status == 422 and "variants.en.parameters.1" in _errors(problem)
+    status, problem = _post(client, world, {"name": "a", "channel": "whatsapp", "purpose": "marketing",
+                                            "variants": {"en": {"body": "hi"}}})
+    assert status == 422 and set(_errors(problem)) == {"category"}
+    status, problem = _post(client, world, {"name": "a", "channel": "whatsapp", "purpose": "transactional",
+                                            "category": "marketing", "variants": {"en": {"body": "hi"}}})
+    assert status == 422 and set(_errors(problem)) == {"purpose"}
+    status, problem = _post(client, world, {"name": "a", "channel": "push", "purpose": "marketing",
+                                            "category": "utility", "variants": {"en": {"title": "t", "body": "b"}}})
+    assert status == 422 and set(_errors(problem)) == {"category"}
+    status, problem = _post(client, world, {"name": "a", "channel": "fax", "purpose": "marketing",
+                                            "variants": {"en": {"body": "b"}}})
+    assert status == 422 and "channel" in _errors(problem)
+    status, problem = _post(client, world, {"name": "a", "purpose": "marketing", "variants": {"en": {"body": MJML}}})
+    assert status == 422 and set(_errors(problem)) == {"variants.en.subject"}  # email is the default channel
+    listed = client.get("/api/v1/templates", headers=world.callers["A"].headers).json()["data"]
+    assert "a" not in {t["name"] for t in listed}
+
+
+def test_email_preview_and_output_keep_their_shape(client: TestClient, world: World) -> None:
+    created = _create(client, world)
+    assert created["variants"]["en"]["body_format"] == "mjml"  # type: ignore[index]
+    assert created["category"] is None and created["approval_status"] is None
+    shown = _preview(client, world, created["id"])
+    assert shown["channel"] == "email" and shown["fields"] is None and shown["sms"] is None
+    assert shown["subject"] == "Order #1001" and "Hello Ana" in str(shown["html"]) and shown["text"]

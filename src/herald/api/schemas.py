@@ -287,18 +287,43 @@ class ImportOut(BaseModel):
 
 # ---- email: templates and store senders (issue 4) -----------------------------------------
 class TemplateVariantIn(Body):
-    subject: str = Field(max_length=998, description="Liquid", examples=["Your order {{ order.name }}"])
-    body: str = Field(max_length=1_000_000, description="MJML (default) or HTML, with Liquid")
-    body_format: Literal["mjml", "html"] = "mjml"
+    """One language variant. Which fields it has depends on the template's channel; a field the
+    channel does not use is refused by name:
+    email: subject, body (+ body_format, text, preheader) · sms: body · push: title, body (+ url, icon) ·
+    inbox: title, body (+ url) · whatsapp: a Meta template (template_name, template_language, parameters)
+    or a session message (body), the same kind in every variant.
+    Text fields are Liquid, except body_format, icon, template_name and template_language."""
+
+    subject: str | None = Field(default=None, max_length=998, description="email (required): the subject line",
+                                examples=["Your order {{ order.name }}"])
+    body: str | None = Field(default=None, max_length=1_000_000,
+                             description="email (required): MJML (default) or HTML; sms, push, inbox (required) and "
+                                         "WhatsApp session messages: the message text")
+    body_format: Literal["mjml", "html"] | None = Field(default=None, description="email: mjml (default) or html")
     text: str | None = Field(default=None, max_length=1_000_000,
-                             description="plain-text part (Liquid); generated from the HTML when omitted")
-    preheader: str | None = Field(default=None, max_length=500)
+                             description="email: plain-text part; generated from the HTML when omitted")
+    preheader: str | None = Field(default=None, max_length=500, description="email: the inbox preview line")
+    title: str | None = Field(default=None, max_length=1000, description="push, inbox (required)")
+    url: str | None = Field(default=None, max_length=2048, description="push, inbox: where a click leads")
+    icon: str | None = Field(default=None, max_length=2048,
+                             description="push: absolute http(s) URL of the icon (not Liquid)")
+    template_name: str | None = Field(default=None, max_length=512, examples=["order_update"],
+                                      description="whatsapp: the Meta template's name (not Liquid)")
+    template_language: str | None = Field(default=None, max_length=16, examples=["pt_BR"],
+                                          description="whatsapp: Meta's language code of that template (not Liquid)")
+    parameters: list[str] | None = Field(default=None, max_length=100,
+                                         description="whatsapp: one text per body placeholder {{1}}, {{2}}, ... "
+                                                     "in order",
+                                         examples=[["{{ contact.first_name }}", "{{ order.name }}"]])
 
 
 class TemplateCreate(Body):
     name: str = Field(min_length=1, max_length=200)
-    channel: Literal["email"] = "email"
+    channel: Literal["email", "sms", "whatsapp", "push", "inbox"] = "email"
     purpose: Literal["marketing", "transactional"]
+    category: Literal["marketing", "utility", "authentication"] | None = Field(
+        default=None, description="whatsapp (required, refused elsewhere): Meta's template category; "
+                                  "marketing requires purpose marketing")
     default_language: str = Field(default="en", max_length=16)
     variants: dict[str, TemplateVariantIn] = Field(description="language tag -> variant, e.g. {\"en\": ..., "
                                                                "\"pt-BR\": ...}", min_length=1)
@@ -318,6 +343,10 @@ class TemplateOut(BaseModel):
     name: str
     channel: str
     purpose: str
+    category: str | None = Field(default=None, description="whatsapp: Meta's category")
+    approval_status: str | None = Field(
+        default=None, description="whatsapp template references: approved (every variant), pending, rejected or "
+                                  "paused, as Meta reviewed them; each variant shows its own; null otherwise")
     default_language: str
     variants: dict[str, dict[str, Any]]
     version: int
@@ -331,11 +360,24 @@ class TemplatePreviewIn(Body):
         default=None, description="variables to use instead of the sample data (merged over it, top level)")
 
 
+class SmsSegmentsOut(BaseModel):
+    encoding: Literal["GSM-7", "UCS-2"] = Field(description="UCS-2 as soon as one character is not GSM-7")
+    units: int = Field(description="length in septets (GSM-7) or UTF-16 code units (UCS-2)")
+    segments: int = Field(description="messages the text is sent and billed as")
+    per_segment: int = Field(description="units per segment: 160/70 in one message, 153/67 when split")
+
+
 class TemplatePreviewOut(BaseModel):
     language: str = Field(description="the variant used (after fallback)")
-    subject: str
-    html: str | None
-    text: str
+    channel: str
+    subject: str | None = Field(default=None, description="email")
+    html: str | None = Field(default=None, description="email")
+    text: str | None = Field(default=None, description="email: the plain-text part")
+    fields: dict[str, str | list[str]] | None = Field(
+        default=None, description="sms, whatsapp, push, inbox: the rendered message (sms and WhatsApp session: body; "
+                                  "push/inbox: title, body, url?, icon?; WhatsApp template: template_name, "
+                                  "template_language, parameters in order)")
+    sms: SmsSegmentsOut | None = Field(default=None, description="sms: encoding and segment count of the body")
 
 
 class StoreSenderUpdate(Body):

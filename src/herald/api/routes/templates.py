@@ -12,6 +12,7 @@ from herald.api.deps import ContainerDep, CursorDep, IdempotencyDep, LimitDep, P
 from herald.api.schemas import (
     PROBLEMS,
     Page,
+    SmsSegmentsOut,
     TemplateCreate,
     TemplateOut,
     TemplatePreviewIn,
@@ -33,7 +34,7 @@ def create_template(body: TemplateCreate, who: PrincipalDep, c: ContainerDep, id
     with c.engine.begin() as conn:
         row = templates.create_template(conn, who, name=body.name, channel=body.channel, purpose=body.purpose,
                                         default_language=body.default_language, variants=_variants(body.variants),
-                                        store_id=body.store_id, now=c.clock.now())
+                                        store_id=body.store_id, now=c.clock.now(), category=body.category)
         return idem.respond(conn, 201, TemplateOut.model_validate(row), {"Location": f"/api/v1/templates/{row['id']}"})
 
 
@@ -59,12 +60,18 @@ def update_template(template_id: str, body: TemplateUpdate, who: PrincipalDep, c
 
 
 @router.post("/{template_id}/preview", response_model=TemplatePreviewOut,
-             summary="Render the template with sample data (or the variables given)")
+             summary="Render the template with sample data (or the variables given); SMS: segments")
 async def preview_template(template_id: str, body: TemplatePreviewIn, who: PrincipalDep,
                            c: ContainerDep) -> TemplatePreviewOut:
     def work() -> TemplatePreviewOut:
         with c.engine.begin() as conn:
             row = templates.get_template(conn, who, template_id)
-        language, rendered = templates.preview(row, body.language, body.variables)
-        return TemplatePreviewOut(language=language, subject=rendered.subject, html=rendered.html, text=rendered.text)
+        if row["channel"] == "email":
+            language, rendered = templates.preview(row, body.language, body.variables)
+            return TemplatePreviewOut(language=language, channel="email", subject=rendered.subject,
+                                      html=rendered.html, text=rendered.text)
+        shown = templates.preview_text(row, body.language, body.variables)
+        counted = SmsSegmentsOut(encoding=shown.sms.encoding, units=shown.sms.units, segments=shown.sms.segments,
+                                 per_segment=shown.sms.per_segment) if shown.sms is not None else None
+        return TemplatePreviewOut(language=shown.language, channel=row["channel"], fields=shown.fields, sms=counted)
     return await run_in_threadpool(work)
