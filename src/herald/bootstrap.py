@@ -24,6 +24,7 @@ from herald.settings import Settings, SettingsError, load_settings
 if TYPE_CHECKING:
     from herald.pipeline.consent_links import ConsentLinks
     from herald.services.email import EmailService
+    from herald.services.messaging import MessagingService
 
 
 @dataclass
@@ -54,6 +55,7 @@ class Container:
     _connectors: Mapping[str, WebhookConnector] | None = None
     _adapters: ChannelAdapters | None = None
     _email: EmailService | None = None
+    _messaging: MessagingService | None = None
     _consent_links: ConsentLinks | None = None
 
     @property
@@ -87,13 +89,26 @@ class Container:
             from herald.pipeline.tracking import TrackingLinks
             from herald.services.email import EmailService
             from herald.services.providers import ProviderCache
+            from herald.services.ratelimits import ProviderRateLimits
 
+            buckets = ProviderRateLimits(self.settings.redis_url or None)  # shared through Redis when set
             self._email = EmailService(
-                engine=self.engine, now=self.clock.now, providers=ProviderCache(self.adapters, self.master_key),
+                engine=self.engine, now=self.clock.now,
+                providers=ProviderCache(self.adapters, self.master_key, buckets),
                 links=TrackingLinks(self.settings.public_base_url, derive_key(self.master_key, b"tracking links v1")),
                 master_key=self.master_key, inbound_domain=self.settings.inbound_domain or None,
                 preference_links=self.consent_links, tombstone_key=self.tombstone_key)
         return self._email
+
+    @property
+    def messaging(self) -> MessagingService:
+        """The SMS / WhatsApp / push / inbox send path; shares the email path's provider cache."""
+        if self._messaging is None:
+            from herald.services.messaging import MessagingService
+
+            self._messaging = MessagingService(engine=self.engine, now=self.clock.now,
+                                               providers=self.email.providers, tombstone_key=self.tombstone_key)
+        return self._messaging
 
     @property
     def tombstone_key(self) -> bytes:

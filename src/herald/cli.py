@@ -652,7 +652,7 @@ def import_errors_cmd(
 
 # Command groups in their own modules (email; policy; suppressions and privacy): importing
 # them registers their commands on `app`.
-from herald import cli_email, cli_policy, cli_privacy  # noqa: E402, F401
+from herald import cli_email, cli_policy, cli_privacy, cli_whatsapp  # noqa: E402, F401
 
 
 def main() -> None:

@@ -128,9 +128,10 @@ def _config_value(value: str) -> Any:
 @clear_errors
 def providers_add(
     workspace: WorkspaceOpt,
-    kind: Annotated[str, typer.Option(help="email: smtp, ses, sendgrid, mailgun")],
+    kind: Annotated[str, typer.Option(help="email: smtp, ses, sendgrid, mailgun; sms: twilio, http_gateway; "
+                                           "whatsapp: whatsapp_cloud; push: webpush, fcm, apns")],
     name: Annotated[str, typer.Option(help="a name for it, e.g. 'postmark-relay'")],
-    channel: Annotated[str, typer.Option(help="the channel it sends")] = "email",
+    channel: Annotated[str, typer.Option(help="the channel it sends: email, sms, whatsapp, push")] = "email",
     config: Annotated[list[str] | None, typer.Option(
         "--config", help="KEY=VALUE (repeat), e.g. host=smtp.example.com")] = None,
     secret: Annotated[list[str] | None, typer.Option(

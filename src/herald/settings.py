@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     job_lease_seconds: float = Field(default=60.0, ge=1)
     worker_shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     completed_job_retention_hours: int = Field(default=24, ge=0)
+    redis_url: str = Field(default="", description="redis://host:6379/0 (or rediss://): shares providers' rate-limit "
+                                                    "buckets between processes; default: each process has its own")
 
     # SQLite only: FULL makes every commit durable against power loss (G1); NORMAL is
     # faster and still safe against process crashes.
@@ -74,6 +76,13 @@ class Settings(BaseSettings):
                 "must start with sqlite:/// (embedded) or postgresql:// (production), "
                 f"got {value.split(':', 1)[0]!r}"
             )
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "redis+unix://")):
+            raise ValueError(f"must start with redis://, rediss:// or redis+unix://, got {value.split(':', 1)[0]!r}")
         return value
 
     @property

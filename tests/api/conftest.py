@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from herald.api.app import create_app
 from herald.bootstrap import Container
-from herald.db.tables import imports, webhook_deliveries
+from herald.db.tables import imports, messages, webhook_deliveries
 from herald.domain.auth import Principal
 from herald.domain.ids import new_id
 from herald.services import apikeys, contacts, templates, workspaces
@@ -81,6 +81,12 @@ def world(container: Container) -> World:
                     variants={"en": {"subject": "Hi", "body": "<p>Hi {{ contact.first_name }}</p>",
                                      "body_format": "html"}},
                     store_id=store["id"], now=now)
+                message = new_id("msg")
+                conn.execute(messages.insert().values(
+                    id=message, workspace_id=ws["id"], store_id=store["id"], contact_id=contact["id"],
+                    channel="email", purpose="marketing", to_address=contact["email"], status="queued",
+                    template_id=template["id"], context={}, attempts=0, created_at=now, updated_at=now))
                 w.ids[name] = {"store": store["id"], "contact": contact["id"], "api_key": caller.key_id,
-                               "delivery": delivery, "import": upload, "template": template["id"]}
+                               "delivery": delivery, "import": upload, "template": template["id"],
+                               "message": message}
     return w

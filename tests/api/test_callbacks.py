@@ -40,6 +40,11 @@ class Account:
     keys: Keys
 
 
+def counts(response: Any) -> dict[str, int]:
+    """The status-event counts of a callback's answer (it also counts incoming messages etc.)."""
+    return {k: response.json()[k] for k in ("events", "applied", "unmatched")}
+
+
 def add_sendgrid(c: Container, workspace_id: str, name: str = "grid") -> Account:
     keys = new_keys()
     with c.engine.begin() as conn:
@@ -123,7 +128,7 @@ def test_sendgrid_events_move_the_message_forward_and_suppress_a_hard_bounce(
     headers = sendgrid_headers(grid.keys, body, now)
     answer = client.post(f"/callbacks/{grid.provider_id}", content=body, headers=headers)
     assert answer.status_code == 200, answer.text
-    assert answer.json() == {"events": 4, "applied": 4, "unmatched": 0}
+    assert counts(answer) == {"events": 4, "applied": 4, "unmatched": 0}
     row = message(container, m)
     assert (row["status"], row["status_reason"]) == ("bounced", "invalid_address")
     assert row["opened_at"] is not None and row["clicked_at"] is not None
@@ -156,10 +161,10 @@ def test_an_older_delivered_after_the_bounce_does_not_move_the_status_back(
                      provider_message_id=SENDGRID_ID)
     now = container.clock.now()
     bounced = post_sendgrid(client, grid, [a_hard_bounce(m, now)], now)
-    assert bounced.json() == {"events": 1, "applied": 1, "unmatched": 0}
+    assert counts(bounced) == {"events": 1, "applied": 1, "unmatched": 0}
     late = post_sendgrid(client, grid, [sendgrid_event("delivered", m, now - timedelta(minutes=3),
                                                        response="250 OK")], now)
-    assert late.status_code == 200 and late.json() == {"events": 1, "applied": 1, "unmatched": 0}
+    assert late.status_code == 200 and counts(late) == {"events": 1, "applied": 1, "unmatched": 0}
     row = message(container, m)
     assert (row["status"], row["status_reason"]) == ("bounced", "invalid_address")
     assert history(container, m) == ["sent", "bounced", "delivered"]   # kept in the history, status unmoved
@@ -195,7 +200,7 @@ def test_another_workspaces_provider_cannot_touch_this_workspaces_message(
     answer = post_sendgrid(client, intruder, [a_hard_bounce(m, now), a_hard_bounce(None, now),
                                               sendgrid_event("spamreport", m, now)], now)
     assert answer.status_code == 200, answer.text
-    assert answer.json() == {"events": 3, "applied": 0, "unmatched": 3}
+    assert counts(answer) == {"events": 3, "applied": 0, "unmatched": 3}
     assert message(container, m)["status"] == "sent"
     assert history(container, m) == ["sent"]
     assert suppressed(container) == []
@@ -221,7 +226,7 @@ def test_a_mailgun_complaint_marks_the_message_and_suppresses_the_address(client
     body = json.dumps({"signature": signature_block(key=MAILGUN_KEY, at=now), "event-data": data}).encode()
     answer = client.post(f"/callbacks/{provider['id']}", content=body, headers={"Content-Type": "application/json"})
     assert answer.status_code == 200, answer.text
-    assert answer.json() == {"events": 1, "applied": 1, "unmatched": 0}
+    assert counts(answer) == {"events": 1, "applied": 1, "unmatched": 0}
     row = message(container, m)
     assert (row["status"], row["status_reason"]) == ("complained", "complaint")
     assert history(container, m) == ["sent", "complained"]

@@ -119,6 +119,8 @@ def test_every_create_route_accepts_the_key(client: TestClient, world: World) ->
                               "variants": {"en": {"subject": "Hi", "body": "<p>x</p>", "body_format": "html"}}},
         f"/api/v1/imports?kind=contacts&store_id={world.ids['A1']['store']}": b"email\nup@example.com\n",
         "/api/v1/suppressions": [{"address": "s@example.com"}],
+        "/api/v1/messages": {"contact_id": world.ids["A1"]["contact"], "channel": "email",
+                             "templates": {"email": world.ids["A1"]["template"]}},
         "/api/v1/suppressions/import": b"address\nt@example.com\n"}
     creates = [p for p, ops in client.app.openapi()["paths"].items()  # type: ignore[attr-defined]
                if "post" in ops and p.startswith("/api/v1/") and "{" not in p]  # collections, not actions

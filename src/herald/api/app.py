@@ -17,6 +17,8 @@ from herald.api.limits import BodySizeLimit, NoNulInUrl
 from herald.api.routes import apikeys, callbacks, contacts, deliveries, hooks, meta, stores, templates, tracking
 from herald.api.routes import consent as consent_routes
 from herald.api.routes import imports as imports_routes
+from herald.api.routes import inbox as inbox_routes
+from herald.api.routes import messages as message_routes
 from herald.api.routes import policy as policy_routes
 from herald.api.routes import preferences as preference_pages
 from herald.api.routes import privacy as privacy_routes
@@ -58,6 +60,7 @@ def create_app(container: Container, *, background: Background | None = None) ->
         app.include_router(router, prefix="/api/v1")
     app.include_router(imports_routes.router, prefix="/api/v1")  # CSV imports (upload, status, error report)
     app.include_router(policy_routes.router, prefix="/api/v1")  # policy settings, refusal counts
+    app.include_router(message_routes.router, prefix="/api/v1")  # send to a contact (channel or best), send log
     app.include_router(suppression_routes.router, prefix="/api/v1")  # suppression list: list/CSV, add, import
     app.include_router(privacy_routes.router, prefix="/api/v1")  # GDPR export/erase, retention settings
     app.include_router(meta.router)
@@ -67,6 +70,8 @@ def create_app(container: Container, *, background: Background | None = None) ->
     app.include_router(consent_routes.router, prefix="/api/v1")  # a contact's consent: state, history, changes
     app.include_router(preference_pages.router)  # /c/* double opt-in confirmation, /p/* preference centre (no auth)
     segment_routes.install(app, container)  # /v1/* Segment-spec ingestion + its group-commit writer
+    app.include_router(inbox_routes.router, prefix="/api/v1")  # a contact's in-site inbox: list, read, stream, token
+    app.include_router(inbox_routes.public)  # /inbox/*: the store site's widget, its JSON and stream (token)
     return app
 
 

@@ -1,6 +1,6 @@
 """Provider kind -> adapter, and the email helpers services reach through `ChannelAdapters`
 (domain/delivery.py). Only bootstrap.py imports this module; adding a provider is one module,
-one test module and one entry in `_EMAIL_KINDS`.
+one test module and one entry in `_KINDS`.
 
 Stored provider settings (`providers.config` / sealed `providers.secrets`) per kind:
   smtp      config: host, port, security (none|starttls|implicit), username, pool_size, timeout,
@@ -10,6 +10,9 @@ Stored provider settings (`providers.config` / sealed `providers.secrets`) per k
   sendgrid  config: base_url                                         secrets: api_key, webhook_key
   mailgun   config: domain, base_url                                 secrets: api_key, webhook_key
 `webhook_key` (and `previous_webhook_key` during a rotation) verifies the provider's callbacks.
+The other channels' kinds document their settings in their own modules: twilio, http_gateway and smpp
+(channels/sms/), whatsapp_cloud (channels/whatsapp/cloud.py), webpush, fcm and apns
+(channels/push/). "sandbox" stands in for every provider of a workspace in sandbox mode.
 """
 
 from __future__ import annotations
@@ -19,13 +22,17 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from herald.channels.email import bounces, dkim, dnsauth
 from herald.channels.email.mailgun import MailgunEventParser, MailgunProvider
 from herald.channels.email.sendgrid import SendGridEventParser, SendGridProvider
 from herald.channels.email.ses import CertificateUnavailable, SesEventParser, SesProvider, SubscriptionNotConfirmed
 from herald.channels.email.smtp import SmtpProvider, SmtpRelay
+from herald.channels.push import apns, fcm, webpush
+from herald.channels.sandbox import SandboxProvider
+from herald.channels.sms import http_gateway, smpp, twilio
+from herald.channels.whatsapp import cloud as whatsapp_cloud
 from herald.domain.delivery import (
     CallbackParser,
     CallbackRequest,
@@ -36,6 +43,9 @@ from herald.domain.delivery import (
     MechanismCheck,
     Provider,
     ProviderConfigError,
+    ProviderRequestError,
+    ProviderTemplate,
+    UnsupportedFeature,
 )
 
 Secrets = Mapping[str, str]
@@ -100,14 +110,32 @@ def _ses_events(config: Config, _secrets: Secrets) -> CallbackParser:
     return _SesCallbacks(SesEventParser(region=config.get("region"), topic_arns=config.get("topic_arns")))
 
 
+def _sandbox(config: Config, _secrets: Secrets) -> Provider:
+    channel = config.get("channel")
+    if channel not in ("email", "sms", "whatsapp", "push", "inbox"):
+        raise ProviderConfigError(f"sandbox: unknown channel {channel!r}")
+    return SandboxProvider(channel)
+
+
 MakeProvider = Callable[[Config, Secrets], Provider]
 MakeParser = Callable[[Config, Secrets], CallbackParser]
-_EMAIL_KINDS: dict[str, tuple[MakeProvider, MakeParser | None]] = {
-    "smtp": (_smtp, None),
-    "ses": (_ses, _ses_events),
-    "sendgrid": (_sendgrid, lambda _c, _s: SendGridEventParser()),
-    "mailgun": (_mailgun, lambda _c, _s: MailgunEventParser()),
+# kind -> (channel, provider factory, callback parser factory or None)
+_KINDS: dict[str, tuple[Channel, MakeProvider, MakeParser | None]] = {
+    "smtp": ("email", _smtp, None),
+    "ses": ("email", _ses, _ses_events),
+    "sendgrid": ("email", _sendgrid, lambda _c, _s: SendGridEventParser()),
+    "mailgun": ("email", _mailgun, lambda _c, _s: MailgunEventParser()),
+    "twilio": ("sms", twilio.make_provider, twilio.make_parser),
+    "http_gateway": ("sms", http_gateway.make_provider, http_gateway.make_parser),
+    "smpp": ("sms", smpp.make_provider, None),  # receipts and incoming SMS come over the bind: provider.events()
+    "whatsapp_cloud": ("whatsapp", whatsapp_cloud.make_provider, whatsapp_cloud.make_parser),
+    # push kinds are named like push_subscriptions.kind: a subscription goes to a provider of its kind
+    "webpush": ("push", webpush.make_provider, None),
+    "fcm": ("push", fcm.make_provider, None),
+    "apns": ("push", apns.make_provider, None),
 }
+# Stands in for every channel's providers in sandbox mode (services/sandbox.py); never stored.
+_SANDBOX: Final = "sandbox"
 
 
 def _only(config: Config, known: set[str], kind: str) -> None:
@@ -136,15 +164,17 @@ class Adapters:
         self.dns_port = ports.pop() if ports else 53
 
     def provider_kinds(self, channel: Channel) -> Sequence[str]:
-        return tuple(_EMAIL_KINDS) if channel == "email" else ()
+        return tuple(kind for kind, (of, _make, _parser) in _KINDS.items() if of == channel)
 
     def make_provider(self, kind: str, config: Config, secrets: Secrets) -> Provider:
-        if kind not in _EMAIL_KINDS:
-            raise ProviderConfigError(f"no provider kind {kind!r}; known: {', '.join(_EMAIL_KINDS)}")
-        return _EMAIL_KINDS[kind][0](config, secrets)
+        if kind == _SANDBOX:
+            return _sandbox(config, secrets)
+        if kind not in _KINDS:
+            raise ProviderConfigError(f"no provider kind {kind!r}; known: {', '.join(_KINDS)}")
+        return _KINDS[kind][1](config, secrets)
 
     def callback_parser(self, kind: str, config: Config, secrets: Secrets) -> CallbackParser:
-        make = _EMAIL_KINDS.get(kind, (None, None))[1]
+        make = _KINDS[kind][2] if kind in _KINDS else None
         if make is None:
             raise ProviderConfigError(f"{kind} providers send no status callbacks (bounces arrive by SMTP: "
                                       "herald inbound-smtp)")
@@ -166,6 +196,44 @@ class Adapters:
 
     def parse_report(self, raw: bytes) -> list[DeliveryEvent]:
         return bounces.parse_report(raw)
+
+    async def list_templates(self, provider: Provider) -> list[ProviderTemplate]:
+        catalog = _template_catalog(provider)
+        try:
+            found = await catalog.list_templates()
+        except whatsapp_cloud.GraphApiError as exc:
+            raise ProviderRequestError(exc.detail, exc.reason) from exc
+        return [_provider_template(t.name, t.language, t.category, t.status, t.id, t.rejected_reason) for t in found]
+
+    async def submit_template(self, provider: Provider, name: str, language: str, category: str,
+                              components: Sequence[Mapping[str, Any]]) -> ProviderTemplate:
+        catalog = _template_catalog(provider)
+        try:
+            t = await catalog.submit_template(name, language, category, components)
+        except whatsapp_cloud.GraphApiError as exc:
+            raise ProviderRequestError(exc.detail, exc.reason) from exc
+        return _provider_template(t.name, t.language, t.category, t.status, t.id, t.rejected_reason)
+
+    async def template_updates(self, parser: CallbackParser, request: CallbackRequest, secrets: Sequence[str],
+                               now: datetime) -> list[ProviderTemplate]:
+        if not isinstance(parser, whatsapp_cloud.WhatsAppCloudParser):
+            return []
+        updates = await parser.parse_template_updates(request, secrets, now)
+        return [_provider_template(u.name, u.language, u.category, u.approval_status, u.template_id, u.reason)
+                for u in updates]
+
+
+def _template_catalog(provider: Provider) -> whatsapp_cloud.WhatsAppCloudProvider:
+    """The providers that keep message templates at their provider: WhatsApp Cloud API accounts."""
+    if not isinstance(provider, whatsapp_cloud.WhatsAppCloudProvider):
+        raise UnsupportedFeature(f"{provider.key} providers have no message templates to submit or list")
+    return provider
+
+
+def _provider_template(name: str, language: str, category: str | None, status: str | None, template_id: str | None,
+                       rejected_reason: str | None) -> ProviderTemplate:
+    return ProviderTemplate(name=name, language=language, category=category, status=status, id=template_id,
+                            rejected_reason=rejected_reason)
 
 
 def adapters(nameservers: Sequence[str] = ()) -> Adapters:

@@ -15,11 +15,11 @@ The contract of a provider (see `Provider`):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 Channel = Literal["email", "sms", "whatsapp", "push", "inbox"]
 Purpose = Literal["marketing", "transactional"]
@@ -256,6 +256,17 @@ class Provider(Protocol):
     async def aclose(self) -> None: ...
 
 
+@runtime_checkable
+class EventSource(Protocol):
+    """A provider whose delivery receipts and incoming messages arrive over its own connection (an
+    SMPP bind) instead of an HTTP callback: `events()` yields them in arrival order until `aclose()`
+    ends it. One consumer per provider object (worker/smpp_receipts.py)."""
+
+    def events(self) -> AsyncIterator[DeliveryEvent | InboundMessage]: ...
+
+    async def aclose(self) -> None: ...
+
+
 class CallbackParser(Protocol):
     """The part of a provider that reads its status callbacks (webhooks)."""
 
@@ -283,6 +294,31 @@ class MechanismCheck:
     fix: str
 
 
+@dataclass(frozen=True, slots=True)
+class ProviderTemplate:
+    """One language version of a message template as the provider (Meta) knows it, in the
+    provider's words lower-cased: `category` (marketing | utility | authentication) and `status`
+    (approved | pending | rejected | paused | disabled | in_appeal | ...; None when a status
+    webhook implies none, e.g. "flagged")."""
+
+    name: str
+    language: str
+    category: str | None
+    status: str | None
+    id: str | None = None
+    rejected_reason: str | None = None
+
+
+class ProviderRequestError(Exception):
+    """A provider's management API (e.g. WhatsApp templates) refused the request or did not
+    answer; `reason` says what to do (PROVIDER_DOWN/THROTTLED: later; AUTH_FAILED: fix the account)."""
+
+    def __init__(self, detail: str, reason: FailureReason) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.reason = reason
+
+
 class ChannelAdapters(Protocol):
     """What services need from herald.channels, without naming a concrete adapter
     (bootstrap passes the implementation in channels/registry.py)."""
@@ -303,3 +339,18 @@ class ChannelAdapters(Protocol):
                            spf_include: str | None) -> Mapping[str, MechanismCheck]: ...
 
     def parse_report(self, raw: bytes) -> list[DeliveryEvent]: ...
+
+    async def list_templates(self, provider: Provider) -> list[ProviderTemplate]:
+        """Every message template of the provider's account (UnsupportedFeature for a provider
+        without templates, ProviderRequestError when the provider refuses or does not answer)."""
+        ...
+
+    async def submit_template(self, provider: Provider, name: str, language: str, category: str,
+                              components: Sequence[Mapping[str, Any]]) -> ProviderTemplate:
+        """Submit a template for the provider's review; the answer (usually status "pending")."""
+        ...
+
+    async def template_updates(self, parser: CallbackParser, request: CallbackRequest, secrets: Sequence[str],
+                               now: datetime) -> list[ProviderTemplate]:
+        """The template status changes a verified callback carries ([] for a provider that sends none)."""
+        ...

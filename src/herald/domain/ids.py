@@ -13,7 +13,7 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 PREFIXES = frozenset(
     {"ws", "st", "key", "ct", "cid", "cns", "evt", "ord", "oln", "msg", "mev", "idem",
-     "chk", "ful", "rfd", "prd", "whd", "imp", "prv", "dom", "tpl"}
+     "chk", "ful", "rfd", "prd", "whd", "imp", "prv", "dom", "tpl", "psub", "inb"}
 )
 
 

@@ -48,7 +48,7 @@ from herald.domain.jobs import Outcome, Retry
 from herald.domain.money import from_minor
 from herald.domain.policy import Decision, SendRequest
 from herald.pipeline import consent_links, render, tracking
-from herald.services import domains, policy, suppressions, templates
+from herald.services import domains, policy, ratelimits, sandbox, suppressions, templates
 from herald.services import providers as provider_rows
 
 JOB_KIND: Final = "message.send"
@@ -114,6 +114,9 @@ async def deliver(service: EmailService, message_id: str, *, attempt: int, max_a
     if prepared is None:
         return None
     result, provider_row = await _send_with_failover(service, prepared)
+    if ratelimits.is_rate_limited(result):  # every provider is over its rate limit: a wait, not an attempt
+        return await asyncio.to_thread(_in_tx, service, lambda conn: ratelimits.defer(
+            conn, message_id, provider_row, result, now=service.now(), attempts_left=max_attempts - attempt + 1))
     last = attempt >= max_attempts
     return await asyncio.to_thread(_in_tx, service, lambda conn: _record(conn, message_id, provider_row, result,
                                                                           attempt=attempt, last=last,
@@ -129,7 +132,9 @@ async def _send_with_failover(service: EmailService, prepared: Prepared) -> tupl
     result: SendResult | None = None
     row = prepared.provider_rows[0]
     for row in prepared.provider_rows:
-        result = await service.providers.provider(row).send(prepared.outbound)
+        wait = await service.providers.take_slot(row)  # the provider's rate limit (services/ratelimits.py)
+        result = (ratelimits.rate_limited(prepared.outbound.id, row, wait) if wait is not None
+                  else await service.providers.provider(row).send(prepared.outbound))
         if result.status != "retry" or result.maybe_sent or result.reason not in FAILOVER_REASONS:
             break
     assert result is not None
@@ -154,9 +159,10 @@ def _prepare(conn: Connection, service: EmailService, message_id: str) -> Prepar
     if refusal is not None:
         status, reason, detail = refusal
         settle(conn, m, status=status, reason=reason, detail={"refusal": detail}, now=now)
+        _fall_back(conn, m, reason, now)
         return None
     assert store is not None and domain_row is not None
-    provider_list = provider_rows.for_channel(conn, m["workspace_id"], "email")
+    provider_list = sandbox.providers_for(conn, m["workspace_id"], "email")
     if not provider_list:
         settle(conn, m, status="failed", reason="no_provider",
                 detail={"refusal": "no email provider is configured: `herald providers add`"}, now=now)
@@ -201,7 +207,7 @@ def defer(conn: Connection, m: Mapping[str, Any], decision: Decision, *, now: da
     conn.execute(update(messages).where(messages.c.id == m["id"]).values(
         status="queued", status_reason=decision.code, updated_at=now))
     record_event(conn, m, "deferred", decision.code, {"until": decision.until.isoformat(), "why": decision.detail}, now)
-    jobs_db.enqueue(conn, JOB_KIND, {"message_id": m["id"]}, now=now, due_at=decision.until,
+    jobs_db.enqueue(conn, JOB_KIND, {"message_id": m["id"], "channel": m["channel"]}, now=now, due_at=decision.until,
                     max_attempts=MAX_ATTEMPTS, unique_key=f"{JOB_KIND}:{m['id']}:{decision.until:%Y%m%dT%H%M}",
                     workspace_id=m["workspace_id"])
 
@@ -321,6 +327,7 @@ def _record(conn: Connection, message_id: str, provider_row: Mapping[str, Any], 
             status="sent", status_reason=None, provider=provider_row["kind"],
             provider_message_id=result.provider_message_id, sent_at=now, updated_at=now))
         record_event(conn, m, "sent", None, detail, now)
+        sandbox.after_accepted(conn, m, provider_row, now)
         return None
     reason = (result.reason or FailureReason.UNKNOWN).value
     if result.status == "failed":
@@ -329,6 +336,7 @@ def _record(conn: Connection, message_id: str, provider_row: Mapping[str, Any], 
             suppressions.suppress(conn, m["workspace_id"], "email", m["to_address"], "hard_bounce",
                                   source=f"smtp:{provider_row['kind']}", now=now, message_id=message_id,
                                   detail=result.detail or None)
+            _fall_back(conn, m, "suppressed:hard_bounce", now)
         return None
     if last:
         settle(conn, m, status="expired", reason=reason, detail=detail, now=now)
@@ -338,6 +346,15 @@ def _record(conn: Connection, message_id: str, provider_row: Mapping[str, Any], 
         status="queued", status_reason=reason, updated_at=now))
     record_event(conn, m, "deferred", reason, detail, now)
     return Retry(result.retry_after if result.retry_after else backoff(attempt), f"{reason}: {result.detail}"[:500])
+
+
+def _fall_back(conn: Connection, m: Mapping[str, Any], reason: str, now: datetime) -> None:
+    """A send with a fallback route ("best channel") moves on to its next channel when this one
+    cannot reach the contact (services/messaging.py holds the route logic)."""
+    from herald.services import messaging  # messaging builds on this module
+
+    if (m["context"] or {}).get("route") and reason in messaging.CHANNEL_REFUSALS:
+        messaging.fall_back(conn, m, now)
 
 
 def backoff(attempt: int) -> float:

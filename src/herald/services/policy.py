@@ -2,10 +2,12 @@
 (domain/policy.py holds the pure checks), read and write a workspace's policy settings, and count
 refusals for reports.
 
-`load_context` is set-based: per part of CHUNK recipients one query each for the contacts (each
-read once per batch), their consent records, their marketing sends within the longest cap window
-and, per channel, the suppression list, plus one query per batch for messages being sent right
-now; so a 100,000-recipient batch costs ~400 queries, not 400,000 (bench/policy.py measures it).
+`load_context` is set-based and reads only what the checks need: per part of CHUNK recipients,
+one query per channel for the consent records on that channel, one for the contacts whose time
+zone or WhatsApp window matters (marketing on a channel with quiet hours, SMS, WhatsApp), one for
+the marketing sends within the longest cap window and, per channel, the suppression list (each
+contact read once per batch), plus one query per batch for messages being sent right now; so a
+100,000-recipient batch costs a few hundred queries, not 400,000 (bench/policy.py measures it).
 Everything is read at decision time (G8): an unsubscribe committed before a batch is loaded stops
 that batch's sends, and the send job decides each message again when it runs.
 """
@@ -64,35 +66,64 @@ def load_context(conn: Connection, workspace_id: str, requests: Sequence[SendReq
     own = {r.message_id for r in requests}
     if settings.frequency_caps:
         _load_sending(conn, workspace_id, own, ctx.sends)
-    for part in _parts(requests):
+    for part in _parts(requests, settings):
         _load_part(conn, workspace_id, part, ctx, now=now, own=own, tombstone_key=tombstone_key)
     return ctx
 
 
 @dataclass(frozen=True, slots=True)
 class _Part:
+    """CHUNK requests and what is still to be read for them (each item once per batch)."""
+
     requests: Sequence[SendRequest]
-    new_contacts: list[str]  # contacts not in an earlier part: each contact is read once
+    consents: dict[str, list[str]]  # channel -> contacts whose consent on it is needed
+    recipients: list[str]           # contacts whose time zone / phone / WhatsApp window a check needs
+    sends: list[str]                # contacts with a marketing request (frequency caps)
 
 
-def _parts(requests: Sequence[SendRequest]) -> list[_Part]:
+def _parts(requests: Sequence[SendRequest], settings: PolicySettings) -> list[_Part]:
     parts: list[_Part] = []
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()  # (what, contact) already planned
     for start in range(0, len(requests), CHUNK):
         chunk = requests[start:start + CHUNK]
-        new = sorted({r.contact_id for r in chunk if r.contact_id is not None} - seen)
-        seen.update(new)
-        parts.append(_Part(chunk, new))
+        consents: dict[str, set[str]] = defaultdict(set)
+        recipients: set[str] = set()
+        sends: set[str] = set()
+        for r in chunk:
+            if r.contact_id is None:
+                continue
+            consents[r.channel].add(r.contact_id)
+            if _needs_recipient(r, settings):
+                recipients.add(r.contact_id)
+            if r.purpose == "marketing":
+                sends.add(r.contact_id)
+        parts.append(_Part(chunk, {ch: _new(seen, ch, ids) for ch, ids in consents.items()},
+                           _new(seen, "recipient", recipients), _new(seen, "sends", sends)))
     return parts
+
+
+def _needs_recipient(r: SendRequest, settings: PolicySettings) -> bool:
+    """WhatsApp (the 24-hour window) and marketing with local hours to respect (the channel's quiet
+    hours, the US SMS rule) read the contact's time zone, phone and country; nothing else does."""
+    return r.channel == "whatsapp" or (r.purpose == "marketing" and (r.channel == "sms"
+                                                                     or r.channel in settings.quiet_hours))
+
+
+def _new(seen: set[tuple[str, str]], what: str, contact_ids: set[str]) -> list[str]:
+    fresh = sorted(c for c in contact_ids if (what, c) not in seen)
+    seen.update((what, c) for c in fresh)
+    return fresh
 
 
 def _load_part(conn: Connection, workspace_id: str, part: _Part, ctx: PolicyContext, *, now: datetime,
                own: set[str], tombstone_key: bytes | None) -> None:
-    if part.new_contacts:
-        ctx.recipients.update(_recipients(conn, part.new_contacts))
-        _load_consents(conn, part.new_contacts, {r.channel for r in part.requests}, ctx.consents)
-        if ctx.settings.frequency_caps:
-            _load_sends(conn, part.new_contacts, now - ctx.settings.longest_cap, own, ctx.sends)
+    if part.recipients:
+        ctx.recipients.update(_recipients(conn, part.recipients))
+    for channel, contact_ids in part.consents.items():
+        if contact_ids:
+            _load_consents(conn, contact_ids, channel, ctx.consents)
+    if part.sends and ctx.settings.frequency_caps:
+        _load_sends(conn, part.sends, now - ctx.settings.longest_cap, own, ctx.sends)
     by_channel: dict[str, set[str]] = defaultdict(set)
     for r in part.requests:
         by_channel[r.channel].add(r.address)
@@ -119,17 +150,15 @@ def _recipients(conn: Connection, chunk: list[str]) -> dict[str, Recipient]:
     return {row[0]: Recipient(row[1], row[2], row[3], _utc(row[4])) for row in rows}
 
 
-def _load_consents(conn: Connection, chunk: list[str], channels: set[str],
-                   into: dict[ConsentKey, ConsentEntry]) -> None:
-    """The latest (recorded_at, state) per (contact, channel, purpose, store), ties broken by id;
-    recorded_at in the driver's own form (see domain/policy.ConsentEntry). Deduplicated here, not
-    in SQL: GROUP BY/DISTINCT ON measured slower than reading the ~2 rows per contact."""
-    rows = _select_in(conn, "SELECT contact_id, channel, purpose, store_id, recorded_at, id, state "
-                            "FROM consent_records WHERE {contact_id in ids}", (), chunk)
+def _load_consents(conn: Connection, chunk: list[str], channel: str, into: dict[ConsentKey, ConsentEntry]) -> None:
+    """The latest (recorded_at, state) per (contact, channel, purpose, store) on one channel, ties
+    broken by id; recorded_at in the driver's own form (see domain/policy.ConsentEntry).
+    Deduplicated here, not in SQL: GROUP BY/DISTINCT ON measured slower than reading the ~2 rows
+    per contact."""
+    rows = _select_in(conn, "SELECT contact_id, purpose, store_id, recorded_at, id, state FROM consent_records "
+                            "WHERE {contact_id in ids} AND channel = {p}", (channel,), chunk)
     latest: dict[ConsentKey, tuple[Any, int, str]] = {}
-    for contact_id, channel, purpose, store_id, recorded_at, row_id, state in rows:
-        if channel not in channels:
-            continue
+    for contact_id, purpose, store_id, recorded_at, row_id, state in rows:
         key = (contact_id, channel, purpose, store_id)
         current = latest.get(key)
         if current is None or (recorded_at, row_id) > current[:2]:

@@ -14,7 +14,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -46,6 +46,7 @@ class Worker:
         lease_seconds: float = 60.0,
         shutdown_grace_seconds: float = 30.0,
         name: str | None = None,
+        background: Sequence[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = (),
     ) -> None:
         self.engine = engine
         self.registry = registry
@@ -57,6 +58,9 @@ class Worker:
         self.grace = shutdown_grace_seconds
         default_name = f"{socket.gethostname()[:40]}:{os.getpid()}:{os.urandom(2).hex()}"
         self.name = (name or default_name)[:MAX_NAME]  # it must fit jobs.lease_owner
+        # Long-lived companions of `run` (e.g. the SMPP receipt consumers): each is called with an
+        # event set once the jobs have drained, and is awaited (at most the grace period) after that.
+        self.background = tuple(background)
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._held: dict[int, int] = {}  # job id -> attempt, claimed and not yet settled
         self._outcomes: list[jobs_db.Finished] = []
@@ -76,6 +80,7 @@ class Worker:
         log.info("worker started", worker=self.name, concurrency=self.concurrency)
         drained = asyncio.Event()  # leases are renewed until the drain is over, not just until stop
         heartbeat = asyncio.create_task(self._heartbeat(drained))
+        companions = [asyncio.create_task(companion(drained)) for companion in self.background]
         try:
             while not stop.is_set():
                 try:
@@ -94,6 +99,7 @@ class Worker:
             await self._drain()
             drained.set()
             heartbeat.cancel()
+            await self._stop_companions(companions)
             log.info("worker stopped", worker=self.name, **self.stats)
 
     async def run_once(self) -> int:
@@ -280,6 +286,16 @@ class Worker:
                 log.warning("final settle failed; retrying", error=str(exc.orig), attempt=attempt + 1)
                 await asyncio.sleep(0.5 * (attempt + 1))
         log.error("could not record outcomes at shutdown; their leases will expire and they will rerun")
+
+    async def _stop_companions(self, companions: list[asyncio.Task[None]]) -> None:
+        if not companions:
+            return
+        _, pending = await asyncio.wait(companions, timeout=self.grace)
+        for task in pending:
+            task.cancel()
+        for outcome in await asyncio.gather(*companions, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                log.error("background task failed", error=f"{type(outcome).__name__}: {outcome}")
 
     async def _final_settle(self) -> None:
         await self._settle_and_claim(0)

@@ -12,11 +12,12 @@ import structlog
 from herald.bootstrap import Container
 from herald.db import jobs as jobs_db
 from herald.domain.jobs import Fail, Outcome, Retry
-from herald.services import email, idempotency, intake, retention
+from herald.services import email, idempotency, intake, messaging, retention, sandbox
 from herald.services import imports as csv_imports
 from herald.services import segment as segment_intake
 from herald.worker.engine import Worker
 from herald.worker.registry import JobContext, JobKind, Registry
+from herald.worker.smpp_receipts import ReceiptConsumers
 
 log = structlog.get_logger("herald.jobs")
 
@@ -61,9 +62,13 @@ def build_registry(container: Container) -> Registry:
         return await csv_imports.run_job(container.engine, container.clock, payload["import_id"])
 
     async def send_message(ctx: JobContext, payload: dict[str, Any]) -> Outcome:
-        """Check, render and send one message through the workspace's provider (services/email.py)."""
-        return await email.deliver(container.email, payload["message_id"], attempt=ctx.attempt,
-                                   max_attempts=ctx.max_attempts)
+        """Check, render and send one message through the workspace's provider: email by
+        services/email.py, the other channels by services/messaging.py (the payload names it)."""
+        if payload.get("channel", "email") == "email":
+            return await email.deliver(container.email, payload["message_id"], attempt=ctx.attempt,
+                                       max_attempts=ctx.max_attempts)
+        return await messaging.deliver(container.messaging, payload["message_id"], attempt=ctx.attempt,
+                                       max_attempts=ctx.max_attempts)
 
     async def apply_retention(_ctx: JobContext, _payload: dict[str, Any]) -> Outcome:
         """Delete data past each workspace's retention limits (services/retention.py), committing
@@ -74,6 +79,14 @@ def build_registry(container: Container) -> Registry:
         log.info("retention_applied", finished=finished, **totals)
         return None if finished else Retry(1.0, "more data past its retention limit: continuing")
 
+    async def sandbox_event(_ctx: JobContext, payload: dict[str, Any]) -> Outcome:
+        """A sandbox workspace's simulated provider callback (services/sandbox.py)."""
+        def tx() -> None:
+            with container.engine.begin() as conn:
+                sandbox.apply_event(conn, payload, container.clock.now())
+        await asyncio.to_thread(tx)
+        return None
+
     return Registry([
         JobKind("maintenance.prune", prune, max_attempts=3, every=timedelta(hours=1)),
         # Enqueued by the event writer for each second with ingestion; periodic as a safety net.
@@ -82,6 +95,7 @@ def build_registry(container: Container) -> Registry:
         JobKind(csv_imports.JOB_KIND, intake_import, max_attempts=csv_imports.JOB_ATTEMPTS,
                 timeout_seconds=csv_imports.JOB_TIMEOUT_SECONDS),
         JobKind(email.JOB_KIND, send_message, max_attempts=email.MAX_ATTEMPTS),
+        JobKind(sandbox.EVENT_JOB, sandbox_event, max_attempts=5),
         JobKind(retention.JOB_KIND, apply_retention, max_attempts=100, every=timedelta(hours=6)),
         # Diagnostics: `herald jobs probe` and bench/engine.py measure the engine with these.
         JobKind("diag.noop", _noop),
@@ -111,4 +125,9 @@ def build_worker(container: Container, **overrides: Any) -> Worker:
         "batch_size": s.worker_batch_size, "poll_seconds": s.worker_poll_seconds,
         "lease_seconds": s.job_lease_seconds, "shutdown_grace_seconds": s.worker_shutdown_grace_seconds,
     }
-    return Worker(container.engine, build_registry(container), **{**options, **overrides})
+    # SMPP receipts and incoming SMS, on the provider objects the send path uses (worker/smpp_receipts.py)
+    receipts = ReceiptConsumers(container.engine, container.messaging.providers, container.clock.now)
+    options["background"] = [receipts.run]
+    worker = Worker(container.engine, build_registry(container), **{**options, **overrides})
+    receipts.wake = worker.wake
+    return worker

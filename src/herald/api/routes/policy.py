@@ -1,5 +1,5 @@
 """The workspace's send-time policy settings (frequency caps, quiet hours, per-country channel
-order) and the count of refusals per reason code."""
+order), sandbox mode, and the count of refusals per reason code."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from herald.api.schemas import PROBLEMS
 from herald.domain.auth import Principal
 from herald.domain.errors import Forbidden
 from herald.domain.policy import DEFAULT_SETTINGS_JSON, settings_json
-from herald.services import policy
+from herald.services import policy, sandbox
 
 router = APIRouter(tags=["policy"], responses=PROBLEMS)
 
@@ -46,3 +46,17 @@ def refusals(who: PrincipalDep, c: ContainerDep,
     with c.engine.begin() as conn:
         rows = policy.refusal_counts(conn, who.workspace_id, since=since, until=until, store_id=who.store_id)
     return {"data": rows, "total": sum(r["count"] for r in rows)}
+
+
+@router.get("/settings/sandbox", summary="Whether the workspace is in sandbox mode (nothing leaves Herald)")
+def get_sandbox(who: PrincipalDep, c: ContainerDep) -> dict[str, bool]:
+    with c.engine.begin() as conn:
+        return {"enabled": sandbox.enabled(conn, who.workspace_id)}
+
+
+@router.put("/settings/sandbox", summary="Turn sandbox mode on or off (outcomes simulated per address pattern)")
+def put_sandbox(who: PrincipalDep, c: ContainerDep,
+                body: dict[str, Any] = Body(..., examples=[{"enabled": True}])) -> dict[str, bool]:
+    _workspace_key(who)
+    with c.engine.begin() as conn:
+        return {"enabled": sandbox.set_enabled(conn, who.workspace_id, body.get("enabled"))}
