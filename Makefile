@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run install test test-fast lint bench bench-ingest bench-email bench-policy clean
+.PHONY: run install test test-fast lint bench bench-ingest bench-email bench-policy bench-channels clean
 
 run: $(STAMP)  ## install, migrate the SQLite file, load demo data, serve on http://127.0.0.1:8000
 	$(BIN)/herald migrate
@@ -42,6 +42,9 @@ bench-email: $(STAMP)  ## email render + DKIM RSA-2048 + SMTP to postfix's smtp-
 
 bench-policy: $(STAMP)  ## send-time policy decisions/s for a 100,000-recipient batch, SQLite (and PostgreSQL if HERALD_BENCH_DATABASE_URL is set)
 	$(BIN)/python bench/policy.py
+
+bench-channels: $(STAMP)  ## SMS, WhatsApp and push adapters to local peers beside a bare client, and inbox rows/s (about 10 min; --quick: 1 min)
+	$(BIN)/python bench/channels.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache .mypy_cache .ruff_cache
