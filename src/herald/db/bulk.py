@@ -131,7 +131,10 @@ def select_in(conn: Connection, table: Table, columns: Sequence[str], equal: Map
             *(table.c[n] == bindparam(f"eq_{n}") for n in names), membership)
         compiled = statement.compile(dialect=conn.dialect)
         order = tuple(compiled.positiontup or ()) if compiled.positional else tuple(compiled.params)
-        hit = _lookups[key] = (str(compiled), order, bool(compiled.positional))
+        sql = str(compiled)
+        if array:  # send the values as a binary array: psycopg's text form quotes every element by regex
+            sql = sql.replace("%(in_values)s", "%(in_values)b")
+        hit = _lookups[key] = (sql, order, bool(compiled.positional))
     sql, order, positional = hit
     given: dict[str, Any] = {f"eq_{n}": v for n, v in equal.items()}
     if array:

@@ -290,11 +290,14 @@ def consent_state(ctx: PolicyContext, contact_id: str, channel: str, purpose: st
     """The state that applies to a send from `store_id`: the later of the store's own record and
     the workspace-wide one (store None), so "unsubscribe from everything" beats an older store
     grant and a newer store grant beats an older global withdrawal."""
-    own = ctx.consents.get((contact_id, channel, purpose, store_id)) if store_id is not None else None
-    everywhere = ctx.consents.get((contact_id, channel, purpose, None))
-    if own is None or (everywhere is not None and everywhere[0] > own[0]):
-        own = everywhere
-    return own[1] if own is not None else None
+    consents = ctx.consents
+    everywhere = consents.get((contact_id, channel, purpose, None))
+    own = consents.get((contact_id, channel, purpose, store_id)) if store_id is not None else None
+    if own is None:
+        return everywhere[1] if everywhere is not None else None
+    if everywhere is not None and everywhere[0] > own[0]:
+        return everywhere[1]
+    return own[1]
 
 
 def check_consent(request: SendRequest, ctx: PolicyContext, now: datetime) -> Decision | None:
