@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from herald.api.app import create_app
 from herald.bootstrap import Container
-from herald.db.tables import imports, messages, webhook_deliveries
+from herald.db.tables import imports, messages, push_subscriptions, webhook_deliveries
 from herald.domain.auth import Principal
 from herald.domain.ids import new_id
 from herald.services import apikeys, contacts, templates, workspaces
@@ -86,7 +86,11 @@ def world(container: Container) -> World:
                     id=message, workspace_id=ws["id"], store_id=store["id"], contact_id=contact["id"],
                     channel="email", purpose="marketing", to_address=contact["email"], status="queued",
                     template_id=template["id"], context={}, attempts=0, created_at=now, updated_at=now))
+                subscription = new_id("psub")
+                conn.execute(push_subscriptions.insert().values(
+                    id=subscription, workspace_id=ws["id"], contact_id=contact["id"], kind="fcm",
+                    token=f"fcm-token-{name}", keys={}, created_at=now))
                 w.ids[name] = {"store": store["id"], "contact": contact["id"], "api_key": caller.key_id,
                                "delivery": delivery, "import": upload, "template": template["id"],
-                               "message": message}
+                               "message": message, "push_subscription": subscription}
     return w

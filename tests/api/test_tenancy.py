@@ -12,7 +12,8 @@ from fastapi.testclient import TestClient
 from tests.api.conftest import World
 
 PARAM_OBJECTS = {"contact_id": "contact", "store_id": "store", "key_id": "api_key", "delivery_id": "delivery",
-                 "import_id": "import", "template_id": "template", "message_id": "message"}
+                 "import_id": "import", "template_id": "template", "message_id": "message",
+                 "subscription_id": "push_subscription"}
 BODIES = {"PATCH": {}, "POST": {}, "PUT": {}}
 
 # (caller, owner of the ids it must not reach)

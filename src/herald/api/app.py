@@ -22,6 +22,7 @@ from herald.api.routes import messages as message_routes
 from herald.api.routes import policy as policy_routes
 from herald.api.routes import preferences as preference_pages
 from herald.api.routes import privacy as privacy_routes
+from herald.api.routes import push as push_routes
 from herald.api.routes import segment as segment_routes
 from herald.api.routes import suppressions as suppression_routes
 from herald.bootstrap import Container
@@ -61,6 +62,7 @@ def create_app(container: Container, *, background: Background | None = None) ->
     app.include_router(imports_routes.router, prefix="/api/v1")  # CSV imports (upload, status, error report)
     app.include_router(policy_routes.router, prefix="/api/v1")  # policy settings, refusal counts
     app.include_router(message_routes.router, prefix="/api/v1")  # send to a contact (channel or best), send log
+    app.include_router(push_routes.router, prefix="/api/v1")  # a contact's push subscriptions
     app.include_router(suppression_routes.router, prefix="/api/v1")  # suppression list: list/CSV, add, import
     app.include_router(privacy_routes.router, prefix="/api/v1")  # GDPR export/erase, retention settings
     app.include_router(meta.router)

@@ -15,6 +15,7 @@ from herald.db.tables import contacts, message_events, messages
 from herald.domain.auth import Principal
 from herald.domain.errors import InvalidInput, NotFound
 from herald.domain.policy import CHANNELS, best_channels
+from herald.services import contacts as contacts_service
 from herald.services import email, messaging, policy, templates
 from herald.services.pagination import one_visible
 
@@ -62,10 +63,11 @@ def _order(conn: Connection, workspace_id: str, contact: Mapping[str, Any], chan
 
 
 def _contact(conn: Connection, who: Principal, contact_id: str) -> dict[str, Any]:
-    row = conn.execute(select(contacts).where(contacts.c.workspace_id == who.workspace_id,
-                                              contacts.c.id == contact_id)).mappings().first()
-    if row is None or row["merged_into_id"]:
-        raise NotFound(f"no contact {contact_id!r}")
+    """The contact, visible to the caller (a store key: linked to its store), not merged away."""
+    contacts_service.get_contact(conn, who, contact_id)
+    row = conn.execute(select(contacts).where(contacts.c.id == contact_id)).mappings().one()
+    if row["merged_into_id"]:
+        raise NotFound(f"no contact {contact_id!r}; it was merged into {row['merged_into_id']!r}")
     return dict(row)
 
 
