@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import html
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -113,7 +113,7 @@ async def deliver(service: EmailService, message_id: str, *, attempt: int, max_a
     prepared = await asyncio.to_thread(_in_tx, service, lambda conn: _prepare(conn, service, message_id))
     if prepared is None:
         return None
-    result, provider_row = await _send_with_failover(service, prepared)
+    result, provider_row = await send_with_failover(service.providers, prepared.outbound, prepared.provider_rows)
     if ratelimits.is_rate_limited(result):  # every provider is over its rate limit: a wait, not an attempt
         return await asyncio.to_thread(_in_tx, service, lambda conn: ratelimits.defer(
             conn, message_id, provider_row, result, now=service.now(), attempts_left=max_attempts - attempt + 1))
@@ -128,13 +128,17 @@ def _in_tx(service: EmailService, work: Callable[[Connection], Any]) -> Any:
         return work(conn)
 
 
-async def _send_with_failover(service: EmailService, prepared: Prepared) -> tuple[SendResult, dict[str, Any]]:
+async def send_with_failover(providers: provider_rows.ProviderCache, outbound: OutboundMessage,
+                             rows: Sequence[dict[str, Any]]) -> tuple[SendResult, dict[str, Any]]:
+    """Try the providers in order (every channel's send path uses this): the next one on an outage,
+    throttling, an auth failure or our own rate limit, never when the message may already have
+    been sent (maybe_sent). Returns the last outcome and the provider it came from."""
     result: SendResult | None = None
-    row = prepared.provider_rows[0]
-    for row in prepared.provider_rows:
-        wait = await service.providers.take_slot(row)  # the provider's rate limit (services/ratelimits.py)
-        result = (ratelimits.rate_limited(prepared.outbound.id, row, wait) if wait is not None
-                  else await service.providers.provider(row).send(prepared.outbound))
+    row = rows[0]
+    for row in rows:
+        wait = await providers.take_slot(row)  # the provider's rate limit (services/ratelimits.py)
+        result = (ratelimits.rate_limited(outbound.id, row, wait) if wait is not None
+                  else await providers.provider(row).send(outbound))
         if result.status != "retry" or result.maybe_sent or result.reason not in FAILOVER_REASONS:
             break
     assert result is not None

@@ -135,7 +135,7 @@ async def deliver(service: MessagingService, message_id: str, *, attempt: int, m
         return None
     if prepared is None:
         return None
-    result, row = await _send_with_failover(service, prepared)
+    result, row = await email.send_with_failover(service.providers, prepared.outbound, prepared.provider_rows)
     if ratelimits.is_rate_limited(result):  # every provider is over its rate limit: a wait, not an attempt
         return await asyncio.to_thread(_in_tx, service, lambda conn: ratelimits.defer(
             conn, message_id, row, result, now=service.now(), attempts_left=max_attempts - attempt + 1))
@@ -147,20 +147,6 @@ async def deliver(service: MessagingService, message_id: str, *, attempt: int, m
 def _in_tx(service: MessagingService, work: Callable[[Connection], Any]) -> Any:
     with service.engine.begin() as conn:
         return work(conn)
-
-
-async def _send_with_failover(service: MessagingService,
-                              prepared: _Prepared) -> tuple[SendResult, dict[str, Any]]:
-    result: SendResult | None = None
-    row = prepared.provider_rows[0]
-    for row in prepared.provider_rows:
-        wait = await service.providers.take_slot(row)  # the provider's rate limit (services/ratelimits.py)
-        result = (ratelimits.rate_limited(prepared.outbound.id, row, wait) if wait is not None
-                  else await service.providers.provider(row).send(prepared.outbound))
-        if result.status != "retry" or result.maybe_sent or result.reason not in email.FAILOVER_REASONS:
-            break
-    assert result is not None
-    return result, row
 
 
 @dataclass(frozen=True, slots=True)
