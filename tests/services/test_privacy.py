@@ -307,3 +307,21 @@ def test_erase_is_one_transaction(container: Container, world: tuple[Shop, Perso
     with engine.connect() as conn:
         assert find_anywhere(conn, ANA_EMAIL)
         assert conn.execute(select(func.count()).select_from(erasures)).scalar() == 0
+
+
+def test_export_includes_inbox_items_and_push_subscriptions(container: Container,
+                                                            world: tuple[Shop, Person, Person]) -> None:
+    from herald.db.tables import push_subscriptions
+    from herald.domain.ids import new_id
+    from herald.services import inbox
+
+    shop, ana, _bruno = world
+    with container.engine.begin() as conn:
+        inbox.deliver(conn, shop.workspace_id, ana.contact_id, None, shop.store.id, "Your order shipped",
+                      "It is on its way", None, container.clock.now())
+        conn.execute(push_subscriptions.insert().values(
+            id=new_id("psub"), workspace_id=shop.workspace_id, contact_id=ana.contact_id, kind="fcm",
+            token="fcm-token-ana", keys={}, created_at=container.clock.now()))
+    doc = export(container, shop.workspace_id, ana.contact_id)
+    assert [i["title"] for i in doc["inbox_items"]] == ["Your order shipped"]
+    assert [s["token"] for s in doc["push_subscriptions"]] == ["fcm-token-ana"]

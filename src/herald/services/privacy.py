@@ -63,11 +63,13 @@ from herald.db.tables import (
     events,
     fulfillments,
     idempotency_keys,
+    inbox_items,
     jobs,
     message_events,
     messages,
     order_lines,
     orders,
+    push_subscriptions,
     refunds,
     suppressions,
     webhook_deliveries,
@@ -199,6 +201,8 @@ def _document(read: Reader, subject: Subject, now: datetime, tombstone_key: byte
         ("orders", _orders(read, and_(orders.c.contact_id.in_(ids), of_store(orders)))),
         ("events", _paged(read, events, and_(events.c.contact_id.in_(ids), of_store(events)))),
         ("messages", _messages(read, and_(_messages_of(subject), of_store(messages)))),
+        ("inbox_items", _paged(read, inbox_items, and_(inbox_items.c.contact_id.in_(ids), of_store(inbox_items)))),
+        ("push_subscriptions", _paged(read, push_subscriptions, push_subscriptions.c.contact_id.in_(ids))),
     ]
     for i, (name, items) in enumerate(sections):
         yield from _array(name, items)
