@@ -313,3 +313,14 @@ def test_no_free_form_whatsapp_outside_24_hours(now: datetime, minutes_ago: int,
     ctx.recipients["c1"] = Recipient(whatsapp_inbound_at=inbound)
     decision = decide(request(channel="whatsapp", purpose="transactional", address="+5511987654321"), ctx, now)
     assert (decision.verdict == "send") == (inbound is not None and now - inbound < timedelta(hours=24))
+
+
+def test_decide_runs_the_checks_in_their_documented_order() -> None:
+    """decide() writes the CHECKS order out for speed: it must stay the same order."""
+    import inspect
+
+    from herald.domain import policy
+
+    source = inspect.getsource(policy.decide)
+    positions = [source.index(check.__name__ + "(") for check in policy.CHECKS]
+    assert positions == sorted(positions)
