@@ -1,87 +1,11 @@
-"""A small HTTP server on 127.0.0.1 that records POSTs, for the ESP tests (SendGrid, Mailgun, SES):
-a real socket, a real HTTP/1.1 exchange, answers produced by a per-test function that speaks the
-provider's documented wire format. tests/stores/localserver.py serves GET only; its `Reply` is
-shared. Bounded: it serves on a daemon thread and is shut down when the block ends."""
+"""The ESP tests' names for the shared provider test server (tests/channels/httpserver.py): a
+request is `Posted`, an answer function a `PostAnswer`, `serve_posts` the server."""
 
 from __future__ import annotations
 
-import json
-import socket
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from tests.channels.httpserver import Answer as PostAnswer
+from tests.channels.httpserver import Seen as Posted
+from tests.channels.httpserver import closed_port, json_reply
+from tests.channels.httpserver import serve as serve_posts
 
-from tests.stores.localserver import Reply
-
-
-@dataclass(frozen=True)
-class Posted:
-    path: str
-    headers: dict[str, str]   # lower-cased names
-    body: bytes
-    method: str = "POST"
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-PostAnswer = Callable[[Posted], Reply | None]
-
-
-@contextmanager
-def serve_posts(answer: PostAnswer) -> Iterator[tuple[str, list[Posted]]]:
-    """POSTs answered by `answer` (default Content-Type application/json); None closes the
-    connection without an answer, after the whole request was read. Yields the base URL and the
-    requests seen so far."""
-    seen: list[Posted] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            posted = Posted(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-            seen.append(posted)
-            reply = answer(posted)
-            if reply is None:
-                self.close_connection = True
-                return
-            try:
-                self.send_response(reply.status)
-                for name, value in {"Content-Type": "application/json", **reply.headers}.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(reply.body)))
-                self.end_headers()
-                self.wfile.write(reply.body)
-            except (BrokenPipeError, ConnectionResetError):   # the client gave up waiting (timeout tests)
-                self.close_connection = True
-
-        def log_message(self, format: str, *args: object) -> None:
-            return
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", seen
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
-
-
-def json_reply(status: int, body: Any = None, headers: dict[str, str] | None = None) -> Reply:
-    return Reply(status, b"" if body is None else json.dumps(body).encode(), headers or {})
-
-
-def closed_port() -> int:
-    """A port on 127.0.0.1 nothing listens on (bound, then released): a connection is refused."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
+__all__ = ["PostAnswer", "Posted", "closed_port", "json_reply", "serve_posts"]

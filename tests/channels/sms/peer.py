@@ -1,5 +1,5 @@
-"""The SMS tests' peers on 127.0.0.1: a small HTTP server that records every request (any method)
-and answers through a per-test function, a Twilio-speaking answer built on it (Basic auth, the
+"""The SMS tests' peers on 127.0.0.1: the shared provider test server (tests/channels/httpserver.py)
+and a Twilio-speaking answer for it (Basic auth, the
 form-encoded Create Message request, 201 + the Message resource, Twilio's error JSON and its
 documented test-number behaviour), and Twilio's webhook signature computed here independently of
 the adapter (checked against the official test vectors in test_twilio.py).
@@ -11,95 +11,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
-import threading
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
+from tests.channels.httpserver import Answer as Answer  # re-exported for the SMS tests
+from tests.channels.httpserver import Seen, json_reply
+from tests.channels.httpserver import serve as serve
 from tests.stores.localserver import Reply
-
-
-@dataclass(frozen=True)
-class Seen:
-    """One request as the server received it."""
-
-    method: str
-    target: str                 # path?query, as sent
-    headers: dict[str, str]     # lower-cased names
-    body: bytes
-    url: str                    # http://<Host header><target>: what a framework reports as request.url
-
-    @property
-    def path(self) -> str:
-        return urlsplit(self.target).path
-
-    @property
-    def query(self) -> dict[str, list[str]]:
-        return parse_qs(urlsplit(self.target).query, keep_blank_values=True)
-
-    def form(self) -> dict[str, list[str]]:
-        return parse_qs(self.body.decode(), keep_blank_values=True, strict_parsing=bool(self.body))
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-Answer = Callable[[Seen], Reply | None]
-
-
-@contextmanager
-def serve(answer: Answer) -> Iterator[tuple[str, list[Seen]]]:
-    """Requests of any method answered by `answer` (default Content-Type application/json); None
-    closes the connection without an answer after the whole request was read. Yields the base URL
-    and the requests seen so far."""
-    seen: list[Seen] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def _any(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            request = Seen(self.command, self.path, headers, body, f"http://{headers.get('host', '')}{self.path}")
-            seen.append(request)
-            reply = answer(request)
-            if reply is None:
-                self.close_connection = True
-                return
-            try:
-                self.send_response(reply.status)
-                for name, value in {"Content-Type": "application/json", **reply.headers}.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(reply.body)))
-                self.end_headers()
-                self.wfile.write(reply.body)
-            except (BrokenPipeError, ConnectionResetError):
-                self.close_connection = True
-
-        do_GET = do_POST = do_PUT = _any
-
-        def log_message(self, format: str, *args: object) -> None:
-            return
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", seen
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
-
-
-def json_reply(status: int, body: Any = None, headers: dict[str, str] | None = None) -> Reply:
-    return Reply(status, b"" if body is None else json.dumps(body).encode(), headers or {})
-
 
 # ---- Twilio -------------------------------------------------------------------------------------------
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+
+from tests.channels.httpserver import Seen, serve
+from tests.stores.localserver import Reply
 
 VERSION = "v21.0"
 PHONE_NUMBER_ID = "106540352242922"
@@ -26,23 +25,8 @@ TOKEN = "EAAJB-test-token-not-real"
 MEDIA_TYPES = ("image", "video", "document", "audio")
 
 
-@dataclass(frozen=True)
-class Seen:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]   # lower-cased names
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    body: bytes
-    headers: dict[str, str] = field(default_factory=dict)
+# Graph's answer: the shared test server's Reply (tests/channels/httpserver.py records the requests).
+Answer = Reply
 
 
 def graph_error(status: int, code: int, message: str, details: str = "", *, headers: dict[str, str] | None = None,
@@ -129,46 +113,6 @@ class FakeGraph:
 
 @contextmanager
 def serve_graph(graph: FakeGraph) -> Iterator[str]:
-    """Serves `graph` on 127.0.0.1; yields the base URL."""
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self) -> None:
-            self._handle()
-
-        def do_POST(self) -> None:
-            self._handle()
-
-        def _handle(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            parts = urlsplit(self.path)
-            request = Seen(self.command, parts.path, parse_qs(parts.query),
-                           {k.lower(): v for k, v in self.headers.items()}, body)
-            answer = graph.answer(request)
-            if answer is None:
-                self.close_connection = True
-                return
-            try:
-                self.send_response(answer.status)
-                for name, value in {"Content-Type": "application/json", **answer.headers}.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(answer.body)))
-                self.end_headers()
-                self.wfile.write(answer.body)
-            except (BrokenPipeError, ConnectionResetError):
-                self.close_connection = True
-
-        def log_message(self, format: str, *args: object) -> None:
-            return
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+    """Serves `graph` on 127.0.0.1 (the shared provider test server); yields the base URL."""
+    with serve(graph.answer) as (url, _seen):
+        yield url
