@@ -81,7 +81,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa  # noqa: E402
 from sqlalchemy import Engine, delete, insert  # noqa: E402
 from tests.channels.push.peers import b64url, unb64url, verify_es256, verify_rs256, write_certificate  # noqa: E402
 
-from herald.channels.email.http import default_client  # noqa: E402
+from herald.channels.http import default_client  # noqa: E402
 from herald.channels.push.apns import ApnsProvider  # noqa: E402
 from herald.channels.push.fcm import FcmProvider, load_service_account  # noqa: E402
 from herald.channels.push.webpush import WebPushProvider, new_vapid_key  # noqa: E402

@@ -21,7 +21,7 @@ from herald.domain.ids import new_id
 from herald.services import providers, workspaces
 from herald.services.providers import ProviderCache
 from herald.services.ratelimits import ProviderRateLimits, RateLimit, adapter_config, limit_of
-from tests.channels.email.httpserver import closed_port
+from tests.channels.httpserver import closed_port
 from tests.conftest import require_service
 
 ACCOUNT = "AC" + "0123456789abcdef" * 2

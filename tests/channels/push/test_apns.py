@@ -31,7 +31,7 @@ from herald.domain.delivery import (
     UnsupportedFeature,
 )
 from herald.domain.ids import ulid
-from tests.channels.email.httpserver import closed_port
+from tests.channels.httpserver import closed_port
 from tests.channels.push.peers import H2Reply, H2Request, serve_h2, verify_es256
 
 NOW = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)

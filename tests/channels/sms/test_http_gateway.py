@@ -38,7 +38,7 @@ from herald.domain.delivery import (
     UnsupportedFeature,
     WhatsAppContent,
 )
-from tests.channels.email.httpserver import closed_port
+from tests.channels.httpserver import closed_port
 from tests.channels.sms.peer import Seen, json_reply, serve
 from tests.stores.localserver import Reply
 

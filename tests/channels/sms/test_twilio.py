@@ -38,7 +38,7 @@ from herald.domain.delivery import (
     SmsContent,
     UnsupportedFeature,
 )
-from tests.channels.email.httpserver import closed_port
+from tests.channels.httpserver import closed_port
 from tests.channels.sms.peer import FakeTwilio, Seen, json_reply, serve, twilio_signature
 from tests.stores.localserver import Reply
 

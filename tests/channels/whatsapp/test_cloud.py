@@ -39,7 +39,7 @@ from herald.domain.delivery import (
     WhatsAppContent,
 )
 from herald.domain.errors import InvalidInput
-from tests.channels.email.httpserver import closed_port
+from tests.channels.httpserver import closed_port
 from tests.channels.whatsapp.graphserver import (
     PHONE_NUMBER_ID,
     TOKEN,

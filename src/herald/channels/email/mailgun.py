@@ -42,7 +42,8 @@ import httpx
 import orjson
 
 from herald.channels.email.classify import classify, parse_status
-from herald.channels.email.http import (
+from herald.channels.email.mime import build_mime, transport_address
+from herald.channels.http import (
     DEFAULT_TOLERANCE,
     check_fresh,
     default_client,
@@ -54,7 +55,6 @@ from herald.channels.email.http import (
     transport_failure,
     unix_time,
 )
-from herald.channels.email.mime import build_mime, transport_address
 from herald.domain.clock import Clock, SystemClock
 from herald.domain.delivery import (
     CallbackRequest,

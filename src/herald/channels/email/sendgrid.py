@@ -51,7 +51,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
 
 from herald.channels.email.classify import classify, parse_status
-from herald.channels.email.http import (
+from herald.channels.email.mime import idna_domain
+from herald.channels.http import (
     DEFAULT_TOLERANCE,
     check_fresh,
     default_client,
@@ -63,7 +64,6 @@ from herald.channels.email.http import (
     transport_failure,
     unix_time,
 )
-from herald.channels.email.mime import idna_domain
 from herald.domain.clock import Clock, SystemClock
 from herald.domain.delivery import (
     CallbackRequest,

@@ -56,8 +56,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from herald.channels.email.aws import sign_v4
 from herald.channels.email.classify import classify, parse_status
-from herald.channels.email.http import DETAIL_LIMIT, default_client, json_object, retry_after_seconds, transport_failure
 from herald.channels.email.mime import build_mime, transport_address
+from herald.channels.http import DETAIL_LIMIT, default_client, json_object, retry_after_seconds, transport_failure
 from herald.domain.clock import Clock, SystemClock
 from herald.domain.delivery import (
     CallbackRequest,

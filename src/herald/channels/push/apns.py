@@ -58,7 +58,7 @@ import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from herald.channels.email.http import error_detail, json_object, retry_after_seconds, text_or_none, transport_failure
+from herald.channels.http import error_detail, json_object, retry_after_seconds, text_or_none, transport_failure
 from herald.channels.push.common import (
     Json,
     apns_priority,

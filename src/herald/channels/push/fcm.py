@@ -60,7 +60,7 @@ import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from herald.channels.email.http import (
+from herald.channels.http import (
     DETAIL_LIMIT,
     default_client,
     error_detail,

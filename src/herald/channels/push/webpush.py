@@ -52,7 +52,7 @@ import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from herald.channels.email.http import (
+from herald.channels.http import (
     default_client,
     error_detail,
     other_error_outcome,

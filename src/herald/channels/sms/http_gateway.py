@@ -68,7 +68,7 @@ from urllib.parse import parse_qs, parse_qsl, urlsplit
 import httpx
 import orjson
 
-from herald.channels.email.http import (
+from herald.channels.http import (
     error_detail,
     other_error_outcome,
     retry_after_seconds,

@@ -72,7 +72,7 @@ from urllib.parse import parse_qs, parse_qsl, urlsplit, urlunsplit
 import httpx
 import orjson
 
-from herald.channels.email.http import (
+from herald.channels.http import (
     default_client,
     error_detail,
     json_object,

@@ -62,7 +62,7 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
-from herald.channels.email.http import (
+from herald.channels.http import (
     DETAIL_LIMIT,
     default_client,
     error_detail,

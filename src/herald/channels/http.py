@@ -1,6 +1,7 @@
-"""What the HTTP email providers (sendgrid.py, mailgun.py, ses.py) share: their pooled client, the
-outcome of a request that got no answer or an ordinary error answer, Retry-After, Unix times and the
-freshness of a signed webhook timestamp. Pure helpers; no database, no logging.
+"""What the HTTP providers of every channel (email/sendgrid, mailgun, ses; sms/twilio, http_gateway;
+whatsapp/cloud; push/webpush, fcm, apns) share: their pooled client, the outcome of a request that
+got no answer or an ordinary error answer, Retry-After, Unix times and the freshness of a signed
+webhook timestamp. Pure helpers; no database, no logging.
 
 Sources: RFC 9110 section 10.2.3 (Retry-After: delay-seconds or an HTTP-date); the providers'
 own quirks stay in their modules.

@@ -1,4 +1,4 @@
-"""The helpers the HTTP email providers share (herald.channels.email.http): Retry-After as RFC 9110
+"""The helpers the HTTP email providers share (herald.channels.http): Retry-After as RFC 9110
 writes it, Unix times, a signed webhook timestamp's freshness, the outcome of an error answer and
 of a request that got no answer (against a real socket on 127.0.0.1; the read timeout is covered
 end to end in test_ses.py)."""
@@ -12,9 +12,10 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
-from herald.channels.email import http
+from herald.channels import http
 from herald.domain.delivery import FailureReason, SendResult, SignatureError
-from tests.channels.email.httpserver import closed_port, serve_posts
+from tests.channels.httpserver import closed_port
+from tests.channels.httpserver import serve as serve_posts
 
 NOW = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
 TEN_MINUTES = timedelta(minutes=10)
