@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, Final
 
+from herald.channels.config import need, only_known
 from herald.channels.email import bounces, dkim, dnsauth
 from herald.channels.email.mailgun import MailgunEventParser, MailgunProvider
 from herald.channels.email.sendgrid import SendGridEventParser, SendGridProvider
@@ -55,7 +56,7 @@ Config = Mapping[str, Any]
 def _smtp(config: Config, secrets: Secrets) -> Provider:
     known = {"host", "port", "security", "username", "pool_size", "timeout", "max_messages_per_connection",
              "local_hostname", "max_idle_seconds"}
-    _only(config, known, "smtp")
+    only_known(config, known, "smtp")
     relay = SmtpRelay(password=secrets.get("password"), **{k: v for k, v in config.items()})
     return SmtpProvider(relay, sign_executor=_signing_threads())  # the message carries its DKIM key
 
@@ -68,21 +69,21 @@ def _signing_threads() -> ThreadPoolExecutor:
 
 
 def _ses(config: Config, secrets: Secrets) -> Provider:
-    _only(config, {"region", "configuration_set", "endpoint_url", "topic_arns"}, "ses")
-    return SesProvider(region=_need(config, "region", "ses"), access_key_id=_need(secrets, "access_key_id", "ses"),
-                       secret_access_key=_need(secrets, "secret_access_key", "ses"),
+    only_known(config, {"region", "configuration_set", "endpoint_url", "topic_arns"}, "ses")
+    return SesProvider(region=need(config, "region", "ses"), access_key_id=need(secrets, "access_key_id", "ses"),
+                       secret_access_key=need(secrets, "secret_access_key", "ses"),
                        configuration_set=config.get("configuration_set"), endpoint_url=config.get("endpoint_url"))
 
 
 def _sendgrid(config: Config, secrets: Secrets) -> Provider:
-    _only(config, {"base_url"}, "sendgrid")
-    return SendGridProvider(_need(secrets, "api_key", "sendgrid"),
+    only_known(config, {"base_url"}, "sendgrid")
+    return SendGridProvider(need(secrets, "api_key", "sendgrid"),
                             **({"base_url": config["base_url"]} if "base_url" in config else {}))
 
 
 def _mailgun(config: Config, secrets: Secrets) -> Provider:
-    _only(config, {"domain", "base_url"}, "mailgun")
-    return MailgunProvider(_need(secrets, "api_key", "mailgun"), _need(config, "domain", "mailgun"),
+    only_known(config, {"domain", "base_url"}, "mailgun")
+    return MailgunProvider(need(secrets, "api_key", "mailgun"), need(config, "domain", "mailgun"),
                            **({"base_url": config["base_url"]} if "base_url" in config else {}))
 
 
@@ -136,20 +137,6 @@ _KINDS: dict[str, tuple[Channel, MakeProvider, MakeParser | None]] = {
 }
 # Stands in for every channel's providers in sandbox mode (services/sandbox.py); never stored.
 _SANDBOX: Final = "sandbox"
-
-
-def _only(config: Config, known: set[str], kind: str) -> None:
-    unknown = set(config) - known
-    if unknown:
-        raise ProviderConfigError(f"{kind}: unknown settings {', '.join(sorted(unknown))}; "
-                                  f"known: {', '.join(sorted(known))}")
-
-
-def _need(values: Mapping[str, Any], name: str, kind: str) -> Any:
-    value = values.get(name)
-    if value in (None, ""):
-        raise ProviderConfigError(f"{kind}: {name} is required")
-    return value
 
 
 class Adapters:

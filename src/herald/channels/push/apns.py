@@ -58,6 +58,7 @@ import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from herald.channels.config import only_known
 from herald.channels.http import error_detail, json_object, retry_after_seconds, text_or_none, transport_failure
 from herald.channels.push.common import (
     Json,
@@ -66,8 +67,7 @@ from herald.channels.push.common import (
     collapse_key_of,
     expiry_time,
     needed_text,
-    only_settings,
-    optional_text,
+        optional_text,
     push_of,
     urgency_of,
 )
@@ -242,7 +242,7 @@ def send_outcome(message_id: str, response: httpx.Response, now: datetime) -> Se
 def make_provider(config: Mapping[str, Any], secrets: Mapping[str, str]) -> ApnsProvider:
     """The provider for stored settings (see the module docstring); ProviderConfigError naming what
     to fix."""
-    only_settings(config, {"team_id", "key_id", "topic", "environment", "base_url"}, KEY)
+    only_known(config, {"team_id", "key_id", "topic", "environment", "base_url"}, KEY)
     environment = optional_text(config, "environment", KEY) or "production"
     if environment not in BASE_URLS:
         raise ProviderConfigError(f"apns: `environment` must be production or sandbox, not {environment!r}")

@@ -86,14 +86,6 @@ def b64url_decode(text: str) -> bytes:
 
 # ---- stored settings -------------------------------------------------------------------------------
 
-def only_settings(config: Mapping[str, Any], known: set[str], kind: str) -> None:
-    """ProviderConfigError naming any setting `kind` does not know (a typo must not pass silently)."""
-    unknown = set(config) - known
-    if unknown:
-        raise ProviderConfigError(f"{kind}: unknown settings {', '.join(sorted(unknown))}; "
-                                  f"known: {', '.join(sorted(known)) or 'none'}")
-
-
 def needed_text(values: Mapping[str, Any], name: str, kind: str, what: str) -> str:
     """A required, non-blank text setting or secret; ProviderConfigError saying what it is."""
     value = values.get(name)

@@ -60,6 +60,7 @@ import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from herald.channels.config import only_known
 from herald.channels.http import (
     DETAIL_LIMIT,
     default_client,
@@ -76,8 +77,7 @@ from herald.channels.push.common import (
     base_url_setting,
     collapse_key_of,
     expiry_time,
-    only_settings,
-    optional_text,
+        optional_text,
     push_of,
     urgency_of,
 )
@@ -357,7 +357,7 @@ def send_outcome(message_id: str, response: httpx.Response, now: datetime) -> Se
 def make_provider(config: Mapping[str, Any], secrets: Mapping[str, str]) -> FcmProvider:
     """The provider for stored settings (see the module docstring); ProviderConfigError naming what
     to fix."""
-    only_settings(config, {"project_id", "base_url", "token_uri"}, KEY)
+    only_known(config, {"project_id", "base_url", "token_uri"}, KEY)
     service_account = secrets.get("service_account_json")
     if not isinstance(service_account, str) or not service_account.strip():
         raise ProviderConfigError("fcm: `service_account_json` is missing: the service account key file from the "

@@ -52,6 +52,7 @@ import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from herald.channels.config import only_known
 from herald.channels.http import (
     default_client,
     error_detail,
@@ -66,8 +67,7 @@ from herald.channels.push.common import (
     b64url_encode,
     collapse_key_of,
     needed_text,
-    only_settings,
-    push_of,
+        push_of,
     urgency_of,
 )
 from herald.domain.clock import Clock, SystemClock
@@ -297,7 +297,7 @@ def send_outcome(message_id: str, response: httpx.Response, now: datetime, origi
 def make_provider(config: Mapping[str, Any], secrets: Mapping[str, str]) -> WebPushProvider:
     """The provider for stored settings (see the module docstring); ProviderConfigError naming what
     to fix."""
-    only_settings(config, {"subject", "token_lifetime_hours"}, KEY)
+    only_known(config, {"subject", "token_lifetime_hours"}, KEY)
     hours = config.get("token_lifetime_hours", DEFAULT_TOKEN_LIFETIME / timedelta(hours=1))
     if isinstance(hours, bool) or not isinstance(hours, int | float):
         raise ProviderConfigError("webpush: `token_lifetime_hours` must be a number of hours between 1 and 24")

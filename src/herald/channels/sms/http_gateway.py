@@ -68,6 +68,7 @@ from urllib.parse import parse_qs, parse_qsl, urlsplit
 import httpx
 import orjson
 
+from herald.channels.config import http_url, only_known, optional, required
 from herald.channels.http import (
     error_detail,
     other_error_outcome,
@@ -75,7 +76,6 @@ from herald.channels.http import (
     transport_failure,
 )
 from herald.channels.sms.common import message_id_in, with_message_id
-from herald.channels.sms.config import http_url, only_known, optional, required
 from herald.domain.clock import Clock, SystemClock
 from herald.domain.delivery import (
     CallbackRequest,

@@ -121,7 +121,7 @@ from functools import partial
 from typing import Any, Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from herald.channels.sms.config import only_known, optional, required
+from herald.channels.config import only_known, optional, required
 from herald.domain import sms as sms_text
 from herald.domain.clock import Clock, SystemClock
 from herald.domain.delivery import (

@@ -72,6 +72,7 @@ from urllib.parse import parse_qs, parse_qsl, urlsplit, urlunsplit
 import httpx
 import orjson
 
+from herald.channels.config import http_url, only_known, optional, required
 from herald.channels.http import (
     default_client,
     error_detail,
@@ -82,7 +83,6 @@ from herald.channels.http import (
     transport_failure,
 )
 from herald.channels.sms.common import message_id_in, with_message_id
-from herald.channels.sms.config import http_url, only_known, optional, required
 from herald.domain.clock import Clock, SystemClock
 from herald.domain.delivery import (
     CallbackRequest,

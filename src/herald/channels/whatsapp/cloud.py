@@ -62,6 +62,7 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
+from herald.channels.config import need, only_known
 from herald.channels.http import (
     DETAIL_LIMIT,
     default_client,
@@ -754,32 +755,18 @@ def template_update(entry: Mapping[str, Any], value: Mapping[str, Any]) -> Templ
 # ---- factories the registry wires in ------------------------------------------------------------------------
 
 def make_provider(config: Mapping[str, Any], secrets: Mapping[str, str]) -> WhatsAppCloudProvider:
-    _known_settings(config)
+    only_known(config, CONFIG_KEYS, KEY)
     options: dict[str, Any] = {name: str(config[name]) for name in ("api_version", "base_url") if config.get(name)}
     waba_id = config.get("waba_id")
-    return WhatsAppCloudProvider(str(_need(config, "phone_number_id")), str(_need(secrets, "access_token")),
+    return WhatsAppCloudProvider(str(need(config, "phone_number_id", KEY)), str(need(secrets, "access_token", KEY)),
                                  waba_id=str(waba_id) if waba_id else None, **options)
 
 
 def make_parser(config: Mapping[str, Any], secrets: Mapping[str, str]) -> WhatsAppCloudParser:
-    _known_settings(config)
+    only_known(config, CONFIG_KEYS, KEY)
     app_secrets = [secrets.get(name, "") for name in ("app_secret", "previous_app_secret")]
     if not any(app_secrets):
         raise ProviderConfigError("whatsapp_cloud: app_secret is required to verify webhooks (App Dashboard > "
                                   "App settings > Basic > App secret)")
     verify_tokens = [secrets.get(name, "") for name in ("verify_token", "previous_verify_token")]
     return WhatsAppCloudParser(app_secrets, verify_tokens)
-
-
-def _known_settings(config: Mapping[str, Any]) -> None:
-    unknown = set(config) - CONFIG_KEYS
-    if unknown:
-        raise ProviderConfigError(f"{KEY}: unknown settings {', '.join(sorted(unknown))}; "
-                                  f"known: {', '.join(sorted(CONFIG_KEYS))}")
-
-
-def _need(values: Mapping[str, Any], name: str) -> Any:
-    value = values.get(name)
-    if value in (None, ""):
-        raise ProviderConfigError(f"{KEY}: {name} is required")
-    return value

@@ -1,5 +1,6 @@
-"""Reading an SMS provider's stored settings (`providers.config` and the sealed secrets): unknown
-keys, missing values and malformed URLs raise ProviderConfigError naming the key to fix."""
+"""Reading a provider's stored settings (`providers.config` and the sealed secrets), for the
+adapters of every channel: unknown keys, missing values and malformed URLs raise
+ProviderConfigError naming the key to fix."""
 
 from __future__ import annotations
 
@@ -16,7 +17,15 @@ def only_known(config: Mapping[str, Any], known: Iterable[str], kind: str) -> No
     unknown = set(config) - allowed
     if unknown:
         raise ProviderConfigError(f"{kind}: unknown settings {', '.join(sorted(unknown))}; "
-                                  f"known: {', '.join(sorted(allowed))}")
+                                  f"known: {', '.join(sorted(allowed)) or 'none'}")
+
+
+def need(values: Mapping[str, Any], name: str, kind: str) -> Any:
+    """A value that must be present (not None, not empty), of any type."""
+    value = values.get(name)
+    if value in (None, ""):
+        raise ProviderConfigError(f"{kind}: {name} is required")
+    return value
 
 
 def required(values: Mapping[str, Any], name: str, kind: str, what: str = "setting") -> str:
