@@ -118,9 +118,9 @@ async def deliver(service: EmailService, message_id: str, *, attempt: int, max_a
         return await asyncio.to_thread(_in_tx, service, lambda conn: ratelimits.defer(
             conn, message_id, provider_row, result, now=service.now(), attempts_left=max_attempts - attempt + 1))
     last = attempt >= max_attempts
-    return await asyncio.to_thread(_in_tx, service, lambda conn: _record(conn, message_id, provider_row, result,
-                                                                          attempt=attempt, last=last,
-                                                                          now=service.now()))
+    return await asyncio.to_thread(_in_tx, service, lambda conn: record_outcome(
+        conn, message_id, provider_row, result, attempt=attempt, last=last, now=service.now(),
+        address_gone=_address_bounced))
 
 
 def _in_tx(service: EmailService, work: Callable[[Connection], Any]) -> Any:
@@ -315,8 +315,14 @@ def _contact(conn: Connection, contact_id: str | None) -> dict[str, Any] | None:
 
 # -- after the provider: the outcome ----------------------------------------------------------------
 
-def _record(conn: Connection, message_id: str, provider_row: Mapping[str, Any], result: SendResult, *,
-            attempt: int, last: bool, now: datetime) -> Outcome:
+AddressGone = Callable[[Connection, Mapping[str, Any], Mapping[str, Any], SendResult, datetime], None]
+
+
+def record_outcome(conn: Connection, message_id: str, provider_row: Mapping[str, Any], result: SendResult, *,
+                   attempt: int, last: bool, now: datetime, address_gone: AddressGone) -> Outcome:
+    """Record what the provider said, for a message of any channel: sent; failed (and, when the
+    failure says the address itself is bad, `address_gone` — the channel's consequence); retried
+    with backoff or the provider's Retry-After; expired after the last attempt."""
     m = _row(conn, messages, message_id)
     if m is None:
         return None
@@ -337,10 +343,7 @@ def _record(conn: Connection, message_id: str, provider_row: Mapping[str, Any], 
     if result.status == "failed":
         settle(conn, m, status="failed", reason=reason, detail=detail, now=now)
         if result.reason in ADDRESS_FAILURES:
-            suppressions.suppress(conn, m["workspace_id"], "email", m["to_address"], "hard_bounce",
-                                  source=f"smtp:{provider_row['kind']}", now=now, message_id=message_id,
-                                  detail=result.detail or None)
-            _fall_back(conn, m, "suppressed:hard_bounce", now)
+            address_gone(conn, m, provider_row, result, now)
         return None
     if last:
         settle(conn, m, status="expired", reason=reason, detail=detail, now=now)
@@ -350,6 +353,15 @@ def _record(conn: Connection, message_id: str, provider_row: Mapping[str, Any], 
         status="queued", status_reason=reason, updated_at=now))
     record_event(conn, m, "deferred", reason, detail, now)
     return Retry(result.retry_after if result.retry_after else backoff(attempt), f"{reason}: {result.detail}"[:500])
+
+
+def _address_bounced(conn: Connection, m: Mapping[str, Any], provider_row: Mapping[str, Any], result: SendResult,
+                     now: datetime) -> None:
+    """An email address the receiver says does not exist: suppress it, move on along the route."""
+    suppressions.suppress(conn, m["workspace_id"], "email", m["to_address"], "hard_bounce",
+                          source=f"smtp:{provider_row['kind']}", now=now, message_id=m["id"],
+                          detail=result.detail or None)
+    _fall_back(conn, m, "suppressed:hard_bounce", now)
 
 
 def _fall_back(conn: Connection, m: Mapping[str, Any], reason: str, now: datetime) -> None:

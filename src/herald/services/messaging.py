@@ -40,7 +40,7 @@ from herald.domain.delivery import (
 )
 from herald.domain.errors import InvalidInput
 from herald.domain.ids import new_id
-from herald.domain.jobs import Outcome, Retry
+from herald.domain.jobs import Outcome
 from herald.domain.policy import Decision, SendRequest, WhatsAppTemplate
 from herald.domain.sandbox import PROVIDER_KIND
 from herald.pipeline import render
@@ -140,8 +140,8 @@ async def deliver(service: MessagingService, message_id: str, *, attempt: int, m
         return await asyncio.to_thread(_in_tx, service, lambda conn: ratelimits.defer(
             conn, message_id, row, result, now=service.now(), attempts_left=max_attempts - attempt + 1))
     last = attempt >= max_attempts
-    return await asyncio.to_thread(_in_tx, service, lambda conn: _record(conn, service, message_id, row, result,
-                                                                          attempt=attempt, last=last))
+    return await asyncio.to_thread(_in_tx, service, lambda conn: email.record_outcome(
+        conn, message_id, row, result, attempt=attempt, last=last, now=service.now(), address_gone=_forget_address))
 
 
 def _in_tx(service: MessagingService, work: Callable[[Connection], Any]) -> Any:
@@ -265,45 +265,10 @@ def _deliver_inbox(conn: Connection, m: Mapping[str, Any], fields: Mapping[str, 
 
 # -- outcome, refusals, fallback -----------------------------------------------------------------------
 
-def _record(conn: Connection, service: MessagingService, message_id: str, row: Mapping[str, Any],
-            result: SendResult, *, attempt: int, last: bool) -> Outcome:
-    now = service.now()
-    m = _row(conn, messages, message_id)
-    if m is None:
-        return None
-    detail: dict[str, Any] = {"provider": row["kind"], "provider_id": row["id"], "attempt": attempt}
-    if result.provider_code:
-        detail["provider_code"] = result.provider_code
-    if result.detail:
-        detail["diagnostic"] = result.detail[:1000]
-    if result.status == "accepted":
-        conn.execute(update(messages).where(messages.c.id == message_id).values(
-            status="sent", status_reason=None, provider=row["kind"], provider_message_id=result.provider_message_id,
-            sent_at=now, updated_at=now))
-        email.record_event(conn, m, "sent", None, detail, now)
-        sandbox.after_accepted(conn, m, row, now)
-        return None
-    reason = (result.reason or FailureReason.UNKNOWN).value
-    if result.status == "failed":
-        _settle(conn, m, status="failed", reason=reason, detail=detail, now=now)
-        if result.reason in email.ADDRESS_FAILURES:
-            _forget_address(conn, m, row, result, now)
-            fall_back(conn, m, now)
-        return None
-    if last:
-        _settle(conn, m, status="expired", reason=reason, detail=detail, now=now)
-        return None
-    detail["maybe_sent"] = result.maybe_sent
-    conn.execute(update(messages).where(messages.c.id == message_id).values(
-        status="queued", status_reason=reason, updated_at=now))
-    email.record_event(conn, m, "deferred", reason, detail, now)
-    return Retry(result.retry_after if result.retry_after else email.backoff(attempt),
-                 f"{reason}: {result.detail}"[:500])
-
-
 def _forget_address(conn: Connection, m: Mapping[str, Any], row: Mapping[str, Any], result: SendResult,
                     now: datetime) -> None:
-    """The provider says the address is gone: retire the push token, suppress the number."""
+    """The provider says the address is gone: retire the push token, suppress the number, and
+    move on along the send's route."""
     if m["channel"] == "push":
         conn.execute(update(push_subscriptions).where(push_subscriptions.c.id == m["to_address"]).values(
             retired_at=now, retired_reason=(result.provider_code or "invalid")[:64]))
@@ -311,6 +276,7 @@ def _forget_address(conn: Connection, m: Mapping[str, Any], row: Mapping[str, An
         suppressions.suppress(conn, m["workspace_id"], m["channel"], m["to_address"], "invalid",
                               source=f"{m['channel']}:{row['kind']}", now=now, message_id=m["id"],
                               detail=result.detail or None)
+    fall_back(conn, m, now)
 
 
 def _refuse(conn: Connection, m: Mapping[str, Any], code: str, why: str, now: datetime) -> None:
