@@ -48,7 +48,7 @@ from herald.domain.jobs import Outcome, Retry
 from herald.domain.money import from_minor
 from herald.domain.policy import Decision, SendRequest
 from herald.pipeline import consent_links, render, tracking
-from herald.services import domains, policy, ratelimits, sandbox, suppressions, templates
+from herald.services import domains, policy, ratelimits, sandbox, suppressions, templates, workspaces
 from herald.services import providers as provider_rows
 
 JOB_KIND: Final = "message.send"
@@ -154,7 +154,8 @@ def _prepare(conn: Connection, service: EmailService, message_id: str) -> Prepar
     now = service.now()
     store = _row(conn, stores, m["store_id"]) if m["store_id"] else None
     domain_row = _sending_domain(conn, m["workspace_id"], store)
-    decision = _policy(conn, service, m, store, now)
+    settings = workspaces.settings_of(conn, m["workspace_id"])  # read once: the policy and the sandbox switch
+    decision = _policy(conn, service, m, store, settings, now)
     if decision.verdict == "defer":
         assert decision.until is not None
         defer(conn, m, decision, now=now)
@@ -166,7 +167,7 @@ def _prepare(conn: Connection, service: EmailService, message_id: str) -> Prepar
         _fall_back(conn, m, reason, now)
         return None
     assert store is not None and domain_row is not None
-    provider_list = sandbox.providers_for(conn, m["workspace_id"], "email")
+    provider_list = sandbox.providers_for(conn, m["workspace_id"], "email", workspace_settings=settings)
     if not provider_list:
         settle(conn, m, status="failed", reason="no_provider",
                 detail={"refusal": "no email provider is configured: `herald providers add`"}, now=now)
@@ -194,14 +195,14 @@ def _sending_domain(conn: Connection, workspace_id: str, store: Mapping[str, Any
 
 
 def _policy(conn: Connection, service: EmailService, m: Mapping[str, Any], store: Mapping[str, Any] | None,
-            now: datetime) -> Decision:
+            workspace_settings: Mapping[str, Any], now: datetime) -> Decision:
     """The send-time policy's decision for this message (a batch of one)."""
     request = SendRequest(message_id=m["id"], contact_id=m["contact_id"], store_id=m["store_id"], channel="email",
                           purpose=m["purpose"], address=m["to_address"],
                           sending_domain=_domain(store["email_from"]) if store and store["email_from"] else None)
     fallback = store["timezone"] if store is not None else None
     return policy.decide_batch(conn, m["workspace_id"], [request], now=now, tombstone_key=service.tombstone_key,
-                               fallback_timezone=fallback)[0]
+                               settings=policy.settings_from(workspace_settings), fallback_timezone=fallback)[0]
 
 
 def defer(conn: Connection, m: Mapping[str, Any], decision: Decision, *, now: datetime) -> None:

@@ -44,7 +44,7 @@ from herald.domain.jobs import Outcome
 from herald.domain.policy import Decision, SendRequest, WhatsAppTemplate
 from herald.domain.sandbox import PROVIDER_KIND
 from herald.pipeline import render
-from herald.services import email, inbox, policy, ratelimits, sandbox, suppressions, templates
+from herald.services import email, inbox, policy, ratelimits, sandbox, suppressions, templates, workspaces
 from herald.services import providers as provider_rows
 
 CHANNELS: Final = ("sms", "whatsapp", "push", "inbox")
@@ -171,7 +171,8 @@ def _prepare(conn: Connection, service: MessagingService, message_id: str) -> _P
     if template is not None and m["channel"] == "whatsapp":
         whatsapp = templates.whatsapp_policy_template(
             template, templates.chosen_language(template, (contact or {}).get("language")))
-    decision = _decide(conn, service, m, whatsapp, store, now)
+    settings = workspaces.settings_of(conn, m["workspace_id"])  # read once: the policy and the sandbox switch
+    decision = _decide(conn, service, m, whatsapp, store, settings, now)
     if decision.verdict == "defer":
         email.defer(conn, m, decision, now=now)
         return None
@@ -189,7 +190,7 @@ def _prepare(conn: Connection, service: MessagingService, message_id: str) -> _P
         _deliver_inbox(conn, m, fields, now)
         return _InboxDelivered(m["workspace_id"], m["to_address"])
     outbound = _outbound(m, fields, target)
-    rows = _providers_for(conn, m, target)
+    rows = _providers_for(conn, m, target, settings)
     if not rows:
         _settle(conn, m, status="failed", reason="no_provider",
                 detail={"refusal": f"no {m['channel']} provider is configured: `herald providers add`"}, now=now)
@@ -201,11 +202,12 @@ def _prepare(conn: Connection, service: MessagingService, message_id: str) -> _P
 
 
 def _decide(conn: Connection, service: MessagingService, m: Mapping[str, Any], whatsapp: WhatsAppTemplate | None,
-            store: Mapping[str, Any] | None, now: datetime) -> Decision:
+            store: Mapping[str, Any] | None, workspace_settings: Mapping[str, Any], now: datetime) -> Decision:
     request = SendRequest(message_id=m["id"], contact_id=m["contact_id"], store_id=m["store_id"],
                           channel=m["channel"], purpose=m["purpose"], address=m["to_address"],
                           whatsapp_template=whatsapp)
     return policy.decide_batch(conn, m["workspace_id"], [request], now=now, tombstone_key=service.tombstone_key,
+                               settings=policy.settings_from(workspace_settings),
                                fallback_timezone=store["timezone"] if store else None)[0]
 
 
@@ -241,8 +243,9 @@ def _outbound(m: Mapping[str, Any], fields: Mapping[str, Any],
         icon=fields.get("icon") or None, keys=dict(target["keys"] or {})))
 
 
-def _providers_for(conn: Connection, m: Mapping[str, Any], target: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    rows = sandbox.providers_for(conn, m["workspace_id"], m["channel"])
+def _providers_for(conn: Connection, m: Mapping[str, Any], target: Mapping[str, Any] | None,
+                   workspace_settings: Mapping[str, Any]) -> list[dict[str, Any]]:
+    rows = sandbox.providers_for(conn, m["workspace_id"], m["channel"], workspace_settings=workspace_settings)
     if target is not None:  # push: the providers that speak the subscription's kind
         rows = [r for r in rows if r["kind"] in (target["kind"], PROVIDER_KIND)]
     return rows

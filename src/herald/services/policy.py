@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -234,7 +234,13 @@ def _db_time(conn: Connection, at: datetime) -> Any:
 # -- settings ---------------------------------------------------------------------------------------
 
 def get_settings(conn: Connection, workspace_id: str) -> PolicySettings:
-    raw = workspaces.settings_of(conn, workspace_id).get(SETTINGS_KEY)
+    return settings_from(workspaces.settings_of(conn, workspace_id))
+
+
+def settings_from(workspace_settings: Mapping[str, Any]) -> PolicySettings:
+    """The policy settings in a workspace's settings JSON already read (the send job reads it once
+    for the policy and the sandbox switch)."""
+    raw = workspace_settings.get(SETTINGS_KEY)
     try:
         return parse_settings(raw)
     except SettingsInvalid as exc:  # stored settings were validated; this means a hand edit

@@ -22,7 +22,12 @@ _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def enabled(conn: Connection, workspace_id: str) -> bool:
-    return workspaces.settings_of(conn, workspace_id).get(SETTINGS_KEY) is True
+    return enabled_in(workspaces.settings_of(conn, workspace_id))
+
+
+def enabled_in(workspace_settings: Mapping[str, Any]) -> bool:
+    """Sandbox mode, from a workspace's settings JSON already read."""
+    return workspace_settings.get(SETTINGS_KEY) is True
 
 
 def set_enabled(conn: Connection, workspace_id: str, on: Any) -> bool:
@@ -32,10 +37,14 @@ def set_enabled(conn: Connection, workspace_id: str, on: Any) -> bool:
     return on
 
 
-def providers_for(conn: Connection, workspace_id: str, channel: str) -> list[dict[str, Any]]:
+def providers_for(conn: Connection, workspace_id: str, channel: str, *,
+                  workspace_settings: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """The providers a message of `channel` is tried on: the sandbox alone when the workspace is
-    in sandbox mode (configured or not, real providers are never called), else the real ones."""
-    if enabled(conn, workspace_id):
+    in sandbox mode (configured or not, real providers are never called), else the real ones.
+    `workspace_settings`: the workspace's settings JSON when the caller already read it."""
+    if workspace_settings is None:
+        workspace_settings = workspaces.settings_of(conn, workspace_id)
+    if enabled_in(workspace_settings):
         return [{"id": f"{PROVIDER_KIND}:{channel}", "kind": PROVIDER_KIND, "channel": channel,
                  "config": {"channel": channel}, "secrets": None, "updated_at": _EPOCH}]
     return provider_rows.for_channel(conn, workspace_id, channel)
